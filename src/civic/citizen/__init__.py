@@ -1,0 +1,1 @@
+"""The citizen agent: runs duties in a sandbox. Standard library only, so it runs in a bare container."""

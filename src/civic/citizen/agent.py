@@ -1,0 +1,255 @@
+"""The citizen agent: connect, authenticate, lease duties, compute them, send results — forever.
+
+Standard library and ``civic.protocol`` only, so a volunteer's container needs nothing but Python.
+Run it as ``python -m civic.citizen.agent HOST:PORT --home DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from civic import protocol as p
+from civic.citizen.bundles import unpack_bundle
+from civic.citizen.execute import build, run_model
+from civic.errors import CivicError, ModelFailed, ProtocolError, Refused
+
+log = logging.getLogger("civic.citizen")
+
+READ_TIMEOUT = 120.0  # the server answers every request well within this
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What one citizen needs to know."""
+
+    address: str
+    home: Path
+    name: str
+    prefetch: int = 1
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    token: str | None = None
+
+
+class Agent:
+    """One citizen. Results not yet acknowledged survive a reconnect and are sent again."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.host, self.port = p.parse_address(options.address)
+        self.identity_file = options.home / "identity.json"
+        self.bundles = options.home / "bundles"
+        self.work = options.home / "work"
+        self.unacked: dict[int, p.Result] = {}
+        self.current: set[int] = set()
+        self.failures = 0
+
+    async def run(self) -> None:
+        """Connect and serve until cancelled; reconnect with capped exponential backoff + jitter."""
+        self.options.home.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                await self._backoff(f"cannot reach {self.host}:{self.port} ({exc or 'timeout'})")
+                continue
+            try:
+                await self._session(reader, writer)
+                reason = "server closed the connection"
+            except (ProtocolError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                reason = f"connection lost: {exc or type(exc).__name__}"
+            finally:
+                writer.close()
+            await self._backoff(reason)
+
+    async def _backoff(self, reason: str) -> None:
+        delay = min(self.options.backoff_cap, self.options.backoff_base * 2 ** self.failures)
+        delay = random.uniform(delay / 2, delay)  # jitter: citizens of one server spread out
+        self.failures = min(self.failures + 1, 16)
+        log.info("%s; retrying in %.1fs", reason, delay)
+        await asyncio.sleep(delay)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        identity = self._load_identity()
+        await p.send(writer, p.Hello(p.PROTOCOL_VERSION, self.options.name, _platform(),
+                                     identity.get("citizen_id"), identity.get("secret"),
+                                     self.options.token))
+        welcome = await self._read(reader)
+        if isinstance(welcome, p.Error) and welcome.code == "refused":
+            raise Refused(f"the server refused this citizen: {welcome.message}")
+        if not isinstance(welcome, p.Welcome):
+            raise ProtocolError(f"expected welcome, got {welcome.type}")
+        if welcome.secret:
+            self._save_identity(welcome.citizen_id, welcome.secret)
+        log.info("connected to %s:%s as %s (%s)", self.host, self.port, self.options.name,
+                 welcome.citizen_id[:8])
+        self.failures = 0
+        heartbeat = asyncio.ensure_future(self._heartbeat(writer, welcome.heartbeat))
+        try:
+            for result in list(self.unacked.values()):
+                await self._submit(reader, writer, result)
+            while True:
+                await p.send(writer, p.RequestDuty(self.options.prefetch))
+                message = await self._read(reader)
+                if isinstance(message, p.NoWork):
+                    await asyncio.sleep(message.retry_after * random.uniform(0.8, 1.2))
+                elif isinstance(message, p.Duty):
+                    for assignment in message.assignments:
+                        result = await self._compute(reader, writer, assignment)
+                        self.unacked[result.replica_id] = result
+                        await self._submit(reader, writer, result)
+                else:
+                    return self._closing(message)
+        finally:
+            heartbeat.cancel()
+
+    @staticmethod
+    def _closing(message: p.Message) -> None:
+        if isinstance(message, p.Error):
+            raise ProtocolError(f"server error ({message.code}): {message.message}")
+        if not isinstance(message, p.Bye):
+            raise ProtocolError(f"unexpected {message.type} message from the server")
+        log.info("server said bye: %s", message.reason)
+
+    async def _read(self, reader: asyncio.StreamReader) -> p.Message:
+        return await asyncio.wait_for(p.read_message(reader), READ_TIMEOUT)
+
+    async def _heartbeat(self, writer: asyncio.StreamWriter, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionError, OSError):
+                await p.send(writer, p.Heartbeat(sorted(self.current)))
+
+    async def _submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      result: p.Result) -> None:
+        await p.send(writer, result)
+        ack = await self._read(reader)
+        if not isinstance(ack, p.Ack) or ack.replica_id != result.replica_id:
+            self._closing(ack)
+            raise ProtocolError("server closed before acknowledging a result")
+        self.unacked.pop(result.replica_id, None)
+        if not ack.accepted:
+            log.warning("result for replica %d refused: %s", result.replica_id, ack.reason)
+
+    async def _compute(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       assignment: p.Assignment) -> p.Result:
+        self.current.add(assignment.replica_id)
+        try:
+            bundle_dir = await self._bundle(reader, writer, assignment)
+            await build(bundle_dir, assignment.build)
+            result = await run_model(assignment, bundle_dir, self.work)
+        except ModelFailed as exc:
+            result = p.Result(assignment.replica_id, None, error=str(exc),
+                              stderr_tail=exc.stderr_tail)
+        finally:
+            self.current.discard(assignment.replica_id)
+        log.info("duty %d (replica %d): %s in %.2fs", assignment.duty_id, assignment.replica_id,
+                 result.error or "ok", result.elapsed)
+        return result
+
+    async def _bundle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      assignment: p.Assignment) -> Path:
+        """The unpacked bundle, fetched only if the cache lacks this sha256."""
+        sha = assignment.bundle_sha256
+        dest = self.bundles / sha
+        if dest.is_dir():
+            return dest
+        await p.send(writer, p.FetchBundle(sha))
+        header = await self._read(reader)
+        if not isinstance(header, p.Bundle) or header.sha256 != sha:
+            self._closing(header)
+            raise ProtocolError("expected the bundle that was asked for")
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        part = self.bundles / f"{sha}.part"
+        try:
+            with open(part, "wb") as f:
+                async for chunk in p.read_payload(reader, header.size):
+                    f.write(chunk)
+            unpack_bundle(part, dest, sha)
+        finally:
+            part.unlink(missing_ok=True)
+        log.info("fetched bundle %s (%d bytes) for %s v%d", sha[:12], header.size,
+                 assignment.model, assignment.model_version)
+        return dest
+
+    def _load_identity(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.identity_file.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_identity(self, citizen_id: str, secret: str) -> None:
+        tmp = self.identity_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a credential
+        with os.fdopen(fd, "w") as f:
+            json.dump({"citizen_id": citizen_id, "secret": secret}, f)
+        os.replace(tmp, self.identity_file)
+
+
+def _platform() -> str:
+    return f"{platform.system().lower()}-{platform.machine()} python{platform.python_version()}"
+
+
+def default_home(name: str) -> Path:
+    base = os.environ.get("CIVIC_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share",
+                                                        "civic")
+    return Path(base) / "citizens" / name
+
+
+def run(options: AgentOptions) -> int:
+    """Run one citizen in the foreground until SIGINT/SIGTERM; returns the exit status."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(Agent(options).run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except Refused as exc:
+        log.error("%s", exc)
+        return 7
+    except CivicError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("citizen %s stopped", options.name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="civic-citizen", description=__doc__.splitlines()[0])
+    parser.add_argument("address", metavar="HOST:PORT", help="the CIVIC server to work for")
+    parser.add_argument("--name", default=socket.gethostname(), help="name shown on the server")
+    parser.add_argument("--home", type=Path, help="identity, bundle cache and work directory")
+    parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s citizen {args.name}: %(message)s", datefmt="%H:%M:%S")
+    try:
+        p.parse_address(args.address)
+    except CivicError as exc:
+        parser.error(str(exc))
+    return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
+                            max(1, args.prefetch), token=os.environ.get("CIVIC_TOKEN")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``civic dataset``: import and list datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from civic.cli.context import Context
+from civic.datasets import FORMATS
+from civic.errors import UsageError
+from civic.store import catalog
+
+app = typer.Typer(no_args_is_help=True, help="Import records for a model and cut them into duties.")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model the records are for.")],
+    file: Annotated[Path, typer.Argument(help="CSV, JSON (a list), JSON Lines or plain lines.")],
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help=f"One of {', '.join(FORMATS)}; default: from the manifest or the "
+                         "file's extension.")] = None,
+    records_per_duty: Annotated[Optional[int], typer.Option(
+        "--records-per-duty", min=1, help="Records per duty (default: the manifest's).")] = None,
+    replication: Annotated[Optional[int], typer.Option(
+        "--replication", min=1, help="Replicas per duty (default: the manifest's).")] = None,
+    quorum: Annotated[Optional[int], typer.Option(
+        "--quorum", min=1, help="Agreeing results needed (default: the manifest's).")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing."""
+    c: Context = ctx.obj
+    if format is not None and format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    options = dict(fmt=format, records_per_duty=records_per_duty, replication=replication,
+                   quorum=quorum)
+    url = c.database_url()
+    if c.err.is_terminal and not json:
+        columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=c.err, transient=True) as bar:
+            task = bar.add_task(f"importing {file.name}", total=file.stat().st_size)
+            imported = catalog.import_dataset(url, model, file,
+                                              on_bytes=lambda n: bar.update(task, completed=n),
+                                              **options)  # type: ignore[arg-type]
+    else:
+        imported = catalog.import_dataset(url, model, file, **options)  # type: ignore[arg-type]
+    if json:
+        c.print_json(imported.__dict__)
+    else:
+        c.out.print(f"dataset {imported.id}: {imported.records} records from {file.name} "
+                    f"({imported.format}) → {imported.duties} duties for {imported.model} "
+                    f"v{imported.model_version}, replication {imported.replication}, "
+                    f"quorum {imported.quorum}", highlight=False)
+
+
+@app.command("list")
+def list_(ctx: typer.Context,
+          model: Annotated[Optional[str], typer.Argument(help="Only this model's.")] = None,
+          json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+          ) -> None:
+    """List datasets with their duties by state."""
+    c: Context = ctx.obj
+    rows = catalog.list_datasets(c.database_url(), model)
+    if json:
+        c.print_json(rows)
+        return
+    if not rows:
+        c.note("no datasets yet; import one with: civic dataset import MODEL FILE")
+        return
+    table = Table("id", "model", "source", "records", "duties", "done", "pending", "failed",
+                  "inconclusive")
+    for r in rows:
+        table.add_row(str(r["id"]), f"{r['model']} v{r['model_version']}", r["source"],
+                      *(str(r[k]) for k in ("records", "duties", "done", "pending", "failed",
+                                            "inconclusive")))
+    c.out.print(table)

@@ -1,0 +1,75 @@
+"""``civic run``: the whole job on this machine in one command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from civic.cli.context import Context
+from civic.errors import RunIncomplete
+from civic.job import run_job
+from civic.store import catalog
+
+SHOWN = 50  # result rows printed before pointing at `civic results export`
+
+
+def run(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="Model directory holding civic.yaml.")],
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="Dataset file (default: the one civic.yaml names).")] = None,
+    citizens: Annotated[int, typer.Option(
+        "--citizens", "-n", min=1, help="Local citizens to start (default: one per core).")
+    ] = os.cpu_count() or 1,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the results to this file (.csv or .jsonl).")] = None,
+) -> None:
+    """Add the model, import its dataset, compute it with local citizens, print the results."""
+    c: Context = ctx.obj
+    url = c.database_url()
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=c.err, transient=True, disable=not c.err.is_terminal) as bar:
+        task = bar.add_task("computing duties", total=None)
+
+        def on_progress(p: dict[str, int]) -> None:
+            bar.update(task, total=p["total"], completed=p["total"] - p["pending"])
+
+        report = run_job(url, c.settings, directory, dataset=dataset, citizens=citizens,
+                         on_progress=on_progress, on_event=c.note)
+    p = report.progress
+    c.note(f"{p['done']} of {p['total']} duties verified"
+           + "".join(f", {p[k]} {k}" for k in ("failed", "inconclusive") if p[k]))
+    if output is not None:
+        fmt = "jsonl" if output.suffix in (".jsonl", ".ndjson") else "csv"
+        with open(output, "w", newline="") as f:
+            rows = catalog.export_results(url, report.dataset.id, fmt, f)
+        c.note(f"wrote {rows} rows to {output}")
+    else:
+        _print_results(c, url, report.dataset.id)
+    if not report.complete:
+        for duty in report.unfinished:
+            c.note(f"duty {duty['id']} {duty['state']} after {duty['failures']} failure(s): "
+                   f"{duty['error']}")
+            if duty["stderr_tail"]:
+                c.note("  " + duty["stderr_tail"].strip().replace("\n", "\n  "))
+        raise RunIncomplete(f"{p['total'] - p['done']} duties have no verified result")
+
+
+def _print_results(c: Context, url: str, dataset_id: int) -> None:
+    table: Table | None = None
+    for count, row in enumerate(catalog.result_rows(url, dataset_id), 1):
+        if table is None:
+            table = Table(*row.keys(), title="verified results")
+        if count > SHOWN:
+            table.caption = (f"first {SHOWN} rows; all of them: civic results export "
+                             f"--dataset {dataset_id} MODEL")
+            break
+        table.add_row(*(str(v) for v in row.values()))
+    if table is not None:
+        c.out.print(table)

@@ -1,0 +1,290 @@
+"""The CIVIC wire format: length-prefixed JSON frames over TCP, with optional binary payloads.
+
+A frame is a 4-byte big-endian length followed by that many bytes of a UTF-8 JSON object whose
+``type`` names the message. A message that announces a payload (``bundle`` with its ``size``) is
+followed by exactly that many raw bytes, sent and received in chunks so no side holds them whole.
+
+Standard library only: the citizen agent runs this module in a bare Python image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import struct
+import types
+import typing
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar
+
+from civic.errors import ProtocolError, UsageError
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 24842
+MAX_FRAME = 16 * 1024 * 1024  # largest JSON frame either side accepts
+CHUNK = 64 * 1024  # payload chunk size
+HEADER = struct.Struct(">I")
+
+
+class ConnectionClosed(ProtocolError):
+    """Raised when the peer closes the connection cleanly between frames."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Citizen → server, first frame: who I am (nothing yet on first contact)."""
+
+    type: ClassVar[str] = "hello"
+    version: int
+    name: str
+    platform: str = ""
+    citizen_id: str | None = None
+    secret: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Server → citizen: accepted. ``secret`` is sent once, when a new identity is issued."""
+
+    type: ClassVar[str] = "welcome"
+    version: int
+    citizen_id: str
+    secret: str | None = None
+    heartbeat: float = 15.0
+
+
+@dataclass(frozen=True)
+class RequestDuty:
+    """Citizen → server: lease me up to ``count`` duties."""
+
+    type: ClassVar[str] = "request-duty"
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One leased replica: what to run and on which input."""
+
+    replica_id: int
+    duty_id: int
+    model: str
+    model_version: int
+    bundle_sha256: str
+    bundle_size: int
+    run: str
+    build: str | None
+    timeout: float
+    input: Any
+
+
+@dataclass(frozen=True)
+class Duty:
+    """Server → citizen: the replicas leased to it, each with a deadline on the server."""
+
+    type: ClassVar[str] = "duty"
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True)
+class NoWork:
+    """Server → citizen: nothing to lease now; ask again after ``retry_after`` seconds."""
+
+    type: ClassVar[str] = "no-work"
+    retry_after: float = 2.0
+
+
+@dataclass(frozen=True)
+class FetchBundle:
+    """Citizen → server: send me the bundle with this sha256."""
+
+    type: ClassVar[str] = "fetch-bundle"
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Server → citizen: the bundle follows as ``size`` raw bytes."""
+
+    type: ClassVar[str] = "bundle"
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """Citizen → server: what one replica produced (``output`` is the model's JSON output)."""
+
+    type: ClassVar[str] = "result"
+    replica_id: int
+    exit_code: int | None
+    output: Any = None
+    error: str | None = None
+    stderr_tail: str = ""
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Server → citizen: the result was stored (or refused, with a reason)."""
+
+    type: ClassVar[str] = "ack"
+    replica_id: int
+    accepted: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Citizen → server: still alive, working on these replicas. No reply."""
+
+    type: ClassVar[str] = "heartbeat"
+    replica_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Error:
+    """Either way: the connection is about to close because of ``code``."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Either way: closing the connection on purpose (server draining, citizen stopping)."""
+
+    type: ClassVar[str] = "bye"
+    reason: str = ""
+
+
+Message = (
+    Hello | Welcome | RequestDuty | Duty | NoWork | FetchBundle | Bundle | Result | Ack | Heartbeat
+    | Error | Bye
+)
+MESSAGES: dict[str, type] = {
+    cls.type: cls
+    for cls in (Hello, Welcome, RequestDuty, Duty, NoWork, FetchBundle, Bundle, Result, Ack,
+                Heartbeat, Error, Bye)
+}
+
+
+def encode(message: Message, max_frame: int = MAX_FRAME) -> bytes:
+    """Return the frame for a message: length header + compact JSON."""
+    body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode()
+    if len(body) > max_frame:
+        raise ProtocolError(f"{message.type} frame of {len(body)} bytes exceeds the {max_frame} limit")
+    return HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Message:
+    """Parse one frame body into its message; anything malformed raises ProtocolError only."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc}", body) from None
+    if not isinstance(data, dict):
+        raise ProtocolError("frame is not a JSON object", body)
+    kind = data.pop("type", None)
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("frame has an unknown or missing type", body)
+    try:
+        return _build(cls, data)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad {cls.type} frame: {exc}", body) from None
+
+
+def _build(cls: type, data: Any) -> Any:
+    """Construct a message dataclass from decoded JSON, checking every field's type."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} must be an object")
+    hints = _hints(cls)
+    unknown = set(data) - hints.keys()
+    if unknown:
+        raise TypeError(f"unknown field {sorted(unknown)[0]!r}")
+    return cls(**{key: _check(key, value, hints[key]) for key, value in data.items()})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
+
+
+def _check(key: str, value: Any, hint: Any) -> Any:
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _check(key, value, option)
+            except TypeError:
+                continue
+        raise TypeError(f"field {key!r} has the wrong type")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError(f"field {key!r} must be null")
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"field {key!r} must be a list")
+        return [_check(key, item, args[0]) for item in value]
+    if is_dataclass(hint):
+        return _build(hint, value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise TypeError(f"field {key!r} must be {hint.__name__}")
+    return value
+
+
+async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> Message:
+    """Read exactly one frame; a frame above ``max_frame`` is refused before its body is read."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header", exc.partial) from None
+        raise ConnectionClosed("connection closed") from None
+    (length,) = HEADER.unpack(header)
+    if length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {max_frame} limit", header)
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("connection closed inside a frame", exc.partial) from None
+    return decode(body)
+
+
+async def send(writer: asyncio.StreamWriter, message: Message) -> None:
+    """Write one frame and wait until the transport has room again."""
+    writer.write(encode(message))
+    await writer.drain()
+
+
+async def read_payload(reader: asyncio.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """Yield the ``size`` payload bytes that follow a frame, in chunks of at most CHUNK."""
+    remaining = size
+    while remaining:
+        try:
+            chunk = await reader.readexactly(min(CHUNK, remaining))
+        except asyncio.IncompleteReadError as exc:
+            raise ProtocolError("connection closed inside a payload", exc.partial) from None
+        remaining -= len(chunk)
+        yield chunk
+
+
+def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``HOST``, or ``[v6]:PORT``) into host and port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"not a HOST:PORT address: {address!r}")
+    return host, int(port)

@@ -1,0 +1,51 @@
+"""Run a Server: in the foreground until a signal, or in a background thread (``civic run``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from civic.server.service import Server, ServerOptions
+
+
+def serve(database_url: str, options: ServerOptions,
+          on_ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain gracefully and return."""
+
+    async def main() -> None:
+        server = Server(database_url, options)
+        address = await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_stop)
+        if on_ready:
+            on_ready(address)
+        await server.run()
+
+    asyncio.run(main())
+
+
+class ServerThread:
+    """A Server on its own event loop in a daemon thread, for running a whole job in-process."""
+
+    def __init__(self, database_url: str, options: ServerOptions) -> None:
+        self._server = Server(database_url, options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="civic-server",
+                                        daemon=True)
+
+    def start(self) -> tuple[str, int]:
+        """Start listening; returns the bound address or raises the startup error."""
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result()
+
+    def stop(self) -> None:
+        done: Future[None] = asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop)
+        try:
+            done.result(timeout=self._server.options.grace + 15)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)

@@ -1,0 +1,272 @@
+"""The asyncio TCP service: one connection per citizen, one handler per message type.
+
+The server keeps nothing that cannot be rebuilt from PostgreSQL: per connection only the ids of
+the replicas leased on it, so that they are released at once when the citizen goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from civic import protocol as p
+from civic.errors import AddressInUse, ProtocolError, Refused, StoreError
+from civic.server import assimilate
+from civic.store import redact, work
+
+log = logging.getLogger("civic.server")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Tunables; the defaults suit a lab server."""
+
+    host: str = "0.0.0.0"
+    port: int = p.DEFAULT_PORT
+    grace: float = 30.0  # seconds to wait for results in flight when stopping
+    lease_margin: float = 30.0  # seconds added to a model's timeout for a replica's deadline
+    reap_interval: float = 5.0  # seconds between sweeps for overdue replicas
+    heartbeat: float = 15.0  # citizens send a heartbeat this often
+    handshake_timeout: float = 10.0
+    no_work_retry: float = 2.0
+    max_frame: int = p.MAX_FRAME
+    max_prefetch: int = 32
+    pool_size: int = 10
+
+
+@dataclass(eq=False)  # hashed by identity: kept in a set
+class Connection:
+    """One citizen's connection and the replicas leased on it."""
+
+    writer: asyncio.StreamWriter
+    peer: str
+    citizen_id: str = ""
+    name: str = "?"
+    leased: set[int] = field(default_factory=set)
+
+    async def send(self, message: p.Message) -> None:
+        await p.send(self.writer, message)
+
+
+class Server:
+    """Authenticates citizens, leases duties, stores results. Stateless over PostgreSQL."""
+
+    def __init__(self, database_url: str, options: ServerOptions | None = None) -> None:
+        self.url = database_url
+        self.options = options or ServerOptions()
+        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.options.pool_size,
+                                        open=False)
+        self.connections: set[Connection] = set()
+        self.draining = asyncio.Event()
+        self.address: tuple[str, int] | None = None
+        self._listener: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[type, Callable[[Connection, Any], Awaitable[bool]]] = {
+            p.RequestDuty: self._on_request_duty,
+            p.FetchBundle: self._on_fetch_bundle,
+            p.Result: self._on_result,
+            p.Heartbeat: self._on_heartbeat,
+            p.Bye: self._on_bye,
+        }
+
+    async def start(self) -> tuple[str, int]:
+        """Connect to PostgreSQL and listen; returns the address actually bound."""
+        try:
+            await self.pool.open(wait=True, timeout=15)
+        except PoolTimeout as exc:
+            await self.pool.close()
+            raise StoreError(f"cannot reach PostgreSQL at {redact(self.url)}") from exc
+        try:
+            self._listener = await asyncio.start_server(
+                self._serve, self.options.host, self.options.port, reuse_address=True,
+                limit=64 * 1024)
+        except OSError as exc:
+            await self.pool.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"port {self.options.port} on {self.options.host} is already "
+                                   "in use; stop what holds it or choose another with --port") from None
+            raise
+        self.address = self._listener.sockets[0].getsockname()[:2]
+        self._spawn(self._reaper())
+        log.info("listening on %s:%s", *self.address)
+        return self.address
+
+    async def run(self) -> None:
+        """Serve until ``request_stop``; then drain and stop."""
+        await self.draining.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self.draining.set()
+
+    async def stop(self) -> None:
+        """Stop leasing, wait up to ``grace`` seconds for results in flight, then close."""
+        self.draining.set()
+        if self._listener is not None:
+            self._listener.close()
+        in_flight = sum(len(c.leased) for c in self.connections)
+        if in_flight:
+            log.info("stopping: waiting up to %.0fs for %d result(s) in flight",
+                     self.options.grace, in_flight)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.grace
+        while any(c.leased for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await conn.send(p.Bye("server stopping"))
+            conn.writer.close()
+        while self.connections and loop.time() < deadline + 5:
+            await asyncio.sleep(0.05)  # let each connection release what it still holds
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close()
+        log.info("stopped")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reaper(self) -> None:
+        """Release replicas whose deadline passed, so their duties are leased again."""
+        while True:
+            await asyncio.sleep(self.options.reap_interval)
+            try:
+                async with self.pool.connection() as db:
+                    lost = await work.release(db, ids=[], overdue=True,
+                                              error="deadline passed without a result")
+                if lost:
+                    log.warning("%d replica(s) passed their deadline; re-issuing", lost)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("reaper: database unavailable: %s", exc)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+        conn = Connection(writer, peer)
+        self.connections.add(conn)
+        log.info("connection from %s", peer)
+        try:
+            await self._session(conn, reader)
+        except p.ConnectionClosed:
+            pass
+        except (ProtocolError, Refused) as exc:
+            log.warning("%s: %s", peer, exc)
+            code = "refused" if isinstance(exc, Refused) else "protocol"
+            with contextlib.suppress(Exception):
+                await conn.send(p.Error(code, str(exc)))
+        except (TimeoutError, asyncio.TimeoutError):
+            log.info("%s: timed out", peer)
+            with contextlib.suppress(Exception):
+                await conn.send(p.Error("timeout", "no message within the timeout"))
+        except (ConnectionError, OSError) as exc:
+            log.info("%s: connection lost: %s", peer, exc)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.error("%s: database unavailable: %s", peer, exc)
+            with contextlib.suppress(Exception):
+                await conn.send(p.Error("unavailable", "the server's database is unavailable"))
+        except Exception:
+            log.exception("%s: unexpected error", peer)
+            with contextlib.suppress(Exception):
+                await conn.send(p.Error("internal", "internal server error"))
+        finally:
+            self.connections.discard(conn)
+            writer.close()
+            await self._forget(conn)
+            log.info("%s (%s) disconnected", conn.name, peer)
+
+    async def _session(self, conn: Connection, reader: asyncio.StreamReader) -> None:
+        opts = self.options
+        hello = await asyncio.wait_for(p.read_message(reader, opts.max_frame),
+                                       opts.handshake_timeout)
+        if not isinstance(hello, p.Hello):
+            raise ProtocolError(f"expected hello, got {hello.type}")
+        if hello.version != p.PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {hello.version} is not supported "
+                                f"(this server speaks {p.PROTOCOL_VERSION})")
+        async with self.pool.connection() as db:
+            conn.citizen_id, secret = await work.register(
+                db, citizen_id=hello.citizen_id, secret=hello.secret, name=hello.name[:100],
+                platform=hello.platform[:100], address=conn.peer)
+        conn.name = hello.name[:100]
+        log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
+                 "joined" if secret else "connected", conn.peer)
+        await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat))
+        idle = opts.heartbeat * 4
+        while True:
+            message = await asyncio.wait_for(p.read_message(reader, opts.max_frame), idle)
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                raise ProtocolError(f"unexpected {message.type} message from a citizen")
+            if not await handler(conn, message):
+                return
+
+    async def _forget(self, conn: Connection) -> None:
+        """Release what a departed citizen still held, so other citizens get it."""
+        if not conn.citizen_id:
+            return
+        try:
+            async with self.pool.connection() as db:
+                if conn.leased:
+                    lost = await work.release(db, ids=sorted(conn.leased), overdue=False,
+                                              error="citizen disconnected")
+                    if lost:
+                        log.warning("%s left with %d replica(s) unfinished; re-issuing",
+                                    conn.name, lost)
+                await work.seen(db, conn.citizen_id, connected=False)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: could not release its replicas (deadlines will): %s", conn.name, exc)
+
+    async def _on_request_duty(self, conn: Connection, message: p.RequestDuty) -> bool:
+        if self.draining.is_set():
+            await conn.send(p.Bye("server stopping"))
+            return False
+        count = max(1, min(message.count, self.options.max_prefetch))
+        async with self.pool.connection() as db:
+            assignments = await work.lease(db, conn.citizen_id, count, self.options.lease_margin)
+        if not assignments:
+            await conn.send(p.NoWork(self.options.no_work_retry))
+            return True
+        conn.leased.update(a.replica_id for a in assignments)
+        for a in assignments:
+            log.info("leased duty %d (replica %d, %s v%d) to %s", a.duty_id, a.replica_id,
+                     a.model, a.model_version, conn.name)
+        await conn.send(p.Duty(assignments))
+        return True
+
+    async def _on_fetch_bundle(self, conn: Connection, message: p.FetchBundle) -> bool:
+        found = await work.bundle_chunks(self.pool, message.sha256)
+        if found is None:
+            raise ProtocolError(f"no bundle {message.sha256[:64]!r}")
+        size, chunks = found
+        await conn.send(p.Bundle(message.sha256, size))
+        async for chunk in chunks:
+            conn.writer.write(chunk)
+            await conn.writer.drain()
+        log.info("sent bundle %s (%d bytes) to %s", message.sha256[:12], size, conn.name)
+        return True
+
+    async def _on_result(self, conn: Connection, message: p.Result) -> bool:
+        async with self.pool.connection() as db:
+            accepted, what = await assimilate.submit(db, conn.citizen_id, message)
+        conn.leased.discard(message.replica_id)
+        log.info("result for replica %d from %s: %s", message.replica_id, conn.name, what)
+        await conn.send(p.Ack(message.replica_id, accepted, None if accepted else what))
+        return True
+
+    async def _on_heartbeat(self, conn: Connection, message: p.Heartbeat) -> bool:
+        async with self.pool.connection() as db:
+            await work.seen(db, conn.citizen_id)
+        return True
+
+    async def _on_bye(self, conn: Connection, message: p.Bye) -> bool:
+        return False

@@ -1,0 +1,211 @@
+"""The researcher's side of the store: models, datasets, results and status (synchronous)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from civic.datasets import cut, guess_format, read_records
+from civic.errors import DatasetError, NotFound, UsageError
+from civic.models import Manifest, load_manifest, pack_bundle
+from civic.store.db import connect, transaction
+from civic.store.queries import q
+
+
+@dataclass(frozen=True)
+class ModelAdded:
+    """What ``add_model`` did: the version now current, and whether it is new."""
+
+    name: str
+    version: int
+    bundle_sha256: str
+    changed: bool
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class DatasetImported:
+    id: int
+    model: str
+    model_version: int
+    format: str
+    records: int
+    duties: int
+    replication: int
+    quorum: int
+
+
+def _latest_model(conn: Any, name: str) -> dict[str, Any]:
+    row = conn.execute(q("latest_model"), {"name": name}).fetchone()
+    if row is None:
+        raise NotFound(f"no model named {name!r}; add it with: civic model add DIR")
+    return row
+
+
+def add_model(url: str, model_dir: Path) -> ModelAdded:
+    """Validate DIR/civic.yaml, pack the bundle and store a new version if anything changed."""
+    manifest = load_manifest(model_dir)
+    packed = pack_bundle(model_dir, manifest)
+    try:
+        with transaction(url) as conn:
+            conn.row_factory = dict_row
+            # One writer per model name at a time, so two adds cannot take the same version.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (manifest.name,))
+            latest = conn.execute(q("latest_model"), {"name": manifest.name}).fetchone()
+            if latest and latest["bundle_sha256"] == packed.sha256 \
+                    and latest["manifest"] == manifest.to_dict():
+                return ModelAdded(manifest.name, latest["version"], packed.sha256, False, manifest)
+            conn.execute(q("insert_bundle"), {"sha256": packed.sha256, "size": packed.size,
+                                              "content": packed.path.read_bytes()})
+            row = conn.execute(q("insert_model"), {
+                "name": manifest.name, "version": (latest["version"] + 1) if latest else 1,
+                "bundle_sha256": packed.sha256, "manifest": Jsonb(manifest.to_dict())}).fetchone()
+            return ModelAdded(manifest.name, row["version"], packed.sha256, True, manifest)
+    finally:
+        packed.path.unlink(missing_ok=True)
+
+
+def list_models(url: str) -> list[dict[str, Any]]:
+    with connect(url, row_factory=dict_row) as conn:
+        return conn.execute(q("list_models")).fetchall()
+
+
+def show_model(url: str, name: str) -> dict[str, Any]:
+    """The latest version of a model with its manifest, every version and its datasets."""
+    with connect(url, row_factory=dict_row) as conn:
+        model = _latest_model(conn, name)
+        model["versions"] = conn.execute(q("model_versions"), {"name": name}).fetchall()
+        model["datasets"] = conn.execute(q("list_datasets"), {"model": name}).fetchall()
+        return model
+
+
+def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
+                   records_per_duty: int | None = None, replication: int | None = None,
+                   quorum: int | None = None,
+                   on_bytes: Callable[[int], None] | None = None) -> DatasetImported:
+    """Stream a dataset file into duties with COPY, all in one transaction: all or nothing."""
+    with connect(url, row_factory=dict_row) as conn:
+        row = _latest_model(conn, model)
+    manifest = Manifest.from_dict(row["manifest"])
+    fmt = fmt or manifest.input_format or guess_format(path)
+    per_duty = records_per_duty or manifest.records_per_duty
+    replication = replication or manifest.replication
+    quorum = quorum or min(manifest.quorum, replication)
+    if per_duty < 1 or replication < 1 or quorum < 1:
+        raise UsageError("--records-per-duty, --replication and --quorum must be at least 1")
+    if quorum > replication:
+        raise UsageError(f"--quorum {quorum} cannot exceed --replication {replication}")
+    max_replicas = max(manifest.max_replicas, replication)
+
+    records = duties = 0
+    with transaction(url) as conn:
+        dataset_id = conn.execute(q("insert_dataset"), {
+            "model_id": row["id"], "source": str(path), "format": fmt,
+            "records_per_duty": per_duty, "replication": replication, "quorum": quorum,
+            "max_replicas": max_replicas, "max_attempts": manifest.max_attempts}).fetchone()[0]
+        with conn.cursor().copy(q("copy_duties")) as copy:
+            for duty in cut(read_records(path, fmt, on_bytes=on_bytes), per_duty):
+                try:
+                    values = json.dumps([r.value for r in duty], allow_nan=False)
+                except ValueError as exc:
+                    raise DatasetError(path, f"record cannot be stored: {exc}", duty[0].line)
+                copy.write_row((dataset_id, row["id"], records, values, replication))
+                records += len(duty)
+                duties += 1
+        conn.execute(q("count_dataset"), {"id": dataset_id, "records": records, "duties": duties})
+    return DatasetImported(dataset_id, model, row["version"], fmt, records, duties,
+                           replication, quorum)
+
+
+def list_datasets(url: str, model: str | None = None) -> list[dict[str, Any]]:
+    with connect(url, row_factory=dict_row) as conn:
+        if model is not None:
+            _latest_model(conn, model)
+        return conn.execute(q("list_datasets"), {"model": model}).fetchall()
+
+
+def resolve_dataset(url: str, model: str, dataset_id: int | None = None) -> int:
+    """The dataset to export: the one asked for, else the model's latest."""
+    with connect(url) as conn:
+        _latest_model(conn, model)
+        if dataset_id is None:
+            row = conn.execute(q("latest_dataset"), {"model": model}).fetchone()
+            if row is None:
+                raise NotFound(f"model {model!r} has no dataset; import one with: "
+                               f"civic dataset import {model} FILE")
+        else:
+            row = conn.execute(q("dataset_of_model"), {"model": model, "id": dataset_id}).fetchone()
+            if row is None:
+                raise NotFound(f"model {model!r} has no dataset {dataset_id}")
+        return row[0]
+
+
+def progress(url: str, dataset_id: int) -> dict[str, int]:
+    """Duties of a dataset by state, with the total."""
+    with connect(url, row_factory=dict_row) as conn:
+        return conn.execute(q("progress"), {"dataset_id": dataset_id}).fetchone()
+
+
+def unfinished_duties(url: str, dataset_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    with connect(url, row_factory=dict_row) as conn:
+        return conn.execute(q("unfinished_duties"),
+                            {"dataset_id": dataset_id, "limit": limit}).fetchall()
+
+
+def result_rows(url: str, dataset_id: int) -> Iterator[dict[str, Any]]:
+    """Canonical results, streamed: one row per record when the output is a JSON list
+    (carrying its duty id and the record's index in the dataset), else one row per duty."""
+    with connect(url) as conn, conn.transaction():
+        with conn.cursor(name="civic_export") as cursor:  # server-side: never all rows at once
+            cursor.itersize = 1000
+            cursor.execute(q("canonical_results"), {"dataset_id": dataset_id})
+            for duty_id, first, canonical in cursor:
+                items = canonical if isinstance(canonical, list) else [canonical]
+                for offset, item in enumerate(items):
+                    row: dict[str, Any] = {"duty": duty_id, "record": first + offset}
+                    if isinstance(item, dict) and not row.keys() & item.keys():
+                        row.update(item)
+                    else:
+                        row["result"] = item
+                    yield row
+
+
+def export_results(url: str, dataset_id: int, fmt: str, out: TextIO) -> int:
+    """Write canonical results as CSV or JSON Lines; returns the number of rows."""
+    if fmt == "jsonl":
+        count = 0
+        for count, row in enumerate(result_rows(url, dataset_id), 1):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return count
+    if fmt != "csv":
+        raise UsageError(f"unknown export format {fmt!r}: choose csv or jsonl")
+    # CSV needs every column up front: a first streaming pass collects them.
+    columns: dict[str, None] = {}
+    for row in result_rows(url, dataset_id):
+        columns.update(dict.fromkeys(row))
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for count, row in enumerate(result_rows(url, dataset_id), 1):
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    return count
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return "" if value is None else value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def status(url: str) -> dict[str, Any]:
+    """Every dataset's duties by state, and every citizen seen with its last contact."""
+    with connect(url, row_factory=dict_row) as conn:
+        return {"datasets": conn.execute(q("list_datasets"), {"model": None}).fetchall(),
+                "citizens": conn.execute(q("list_citizens")).fetchall()}
