@@ -41,6 +41,10 @@ def run(
     raise typer.Exit(status)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command("spawn")
 def spawn(
     ctx: typer.Context,
@@ -66,7 +70,8 @@ def spawn(
         table.add_row(s.name, str(s.process.pid), str(s.home))
     c.err.print(table)
     c.err.print("[dim]Ctrl-C stops them all[/]")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job ignores SIGINT
+        signal.signal(sig, _interrupt)
     try:
         while any(s.running for s in spawned):
             time.sleep(0.5)

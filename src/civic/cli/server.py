@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -26,9 +27,5 @@ def start(
     """Run the server in the foreground until Ctrl-C or SIGTERM (then it drains and exits 0)."""
     c: Context = ctx.obj
     url = c.database_url()
-    c.err.print("[dim]logs: connections, leases and results; Ctrl-C stops[/]")
-    import logging
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
-    serve(url, ServerOptions(host=host, port=port, grace=grace),
-          on_ready=lambda a: c.err.print(f"civic server listening on {a[0]}:{a[1]}",
-                                         highlight=False))
+    serve(url, ServerOptions(host=host, port=port, grace=grace))

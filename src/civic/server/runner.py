@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 
 from civic.server.service import Server, ServerOptions
 
 
-def serve(database_url: str, options: ServerOptions,
-          on_ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+def serve(database_url: str, options: ServerOptions) -> None:
     """Serve until SIGINT or SIGTERM, then drain gracefully and return."""
 
     async def main() -> None:
         server = Server(database_url, options)
-        address = await server.start()
+        await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.request_stop)
-        if on_ready:
-            on_ready(address)
         await server.run()
 
     asyncio.run(main())
