@@ -5,6 +5,7 @@ This is what ``civic run DIR`` does; it sits above the server, the citizens and 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -38,13 +39,17 @@ class JobReport:
 
 
 def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | None,
-            citizens: int, on_progress: Callable[[dict[str, int]], None] | None = None,
+            citizens: int | None, on_progress: Callable[[dict[str, int]], None] | None = None,
             on_event: Callable[[str], None] | None = None) -> JobReport:
     """Add the model, import the dataset, compute it with local citizens and wait for the end."""
     event = on_event or (lambda _: None)
-    if citizens < 1:
-        raise UsageError("--citizens must be at least 1")
     manifest = load_manifest(model_dir)  # fail on a bad manifest before anything starts
+    # A duty needs `replication` different citizens: with fewer, the run could never finish.
+    citizens = citizens or max(os.cpu_count() or 1, manifest.replication)
+    if citizens < manifest.replication:
+        raise UsageError(f"{manifest.name} has replication {manifest.replication}: each duty "
+                         f"needs {manifest.replication} different citizens, so --citizens must "
+                         f"be at least {manifest.replication}")
     if dataset is None:
         if manifest.dataset is None:
             raise UsageError(f"{model_dir / 'civic.yaml'} names no dataset; pass --dataset FILE")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,9 +22,9 @@ def run(
     directory: Annotated[Path, typer.Argument(help="Model directory holding civic.yaml.")],
     dataset: Annotated[Optional[Path], typer.Option(
         "--dataset", help="Dataset file (default: the one civic.yaml names).")] = None,
-    citizens: Annotated[int, typer.Option(
-        "--citizens", "-n", min=1, help="Local citizens to start (default: one per core).")
-    ] = os.cpu_count() or 1,
+    citizens: Annotated[Optional[int], typer.Option(
+        "--citizens", "-n", min=1, help="Local citizens to start (default: one per core, and "
+                                        "at least the model's replication).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the results to this file (.csv or .jsonl).")] = None,
 ) -> None:
