@@ -184,7 +184,7 @@ def encode(message: Message, max_frame: int = MAX_FRAME) -> bytes:
 def decode(body: bytes) -> Message:
     """Parse one frame body into its message; anything malformed raises ProtocolError only."""
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}", body) from None
     if not isinstance(data, dict):
@@ -197,6 +197,15 @@ def decode(body: bytes) -> Message:
         return _build(cls, data)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"bad {cls.type} frame: {exc}", body) from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON: NaN and Infinity, which Python accepts and other languages do not, are refused."""
+    return json.loads(data, parse_constant=_no_constant)
 
 
 def _build(cls: type, data: Any) -> Any:
@@ -269,6 +278,8 @@ async def send(writer: asyncio.StreamWriter, message: Message) -> None:
 
 async def read_payload(reader: asyncio.StreamReader, size: int) -> AsyncIterator[bytes]:
     """Yield the ``size`` payload bytes that follow a frame, in chunks of at most CHUNK."""
+    if size < 0:
+        raise ProtocolError(f"negative payload size {size}")
     remaining = size
     while remaining:
         try:
@@ -280,11 +291,14 @@ async def read_payload(reader: asyncio.StreamReader, size: int) -> AsyncIterator
 
 
 def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (or ``HOST``, or ``[v6]:PORT``) into host and port."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "]" in port:
+    """Split ``HOST:PORT``, ``HOST``, ``[V6]:PORT`` or a bare IPv6 address into host and port."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest or str(default_port)
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    else:  # a bare name, or a bare IPv6 address
         host, port = address, str(default_port)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"not a HOST:PORT address: {address!r}")
     return host, int(port)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from civic.errors import ModelFailed
-from civic.protocol import Assignment, Result
+from civic.protocol import Assignment, Result, parse_json
 
 TAIL = 4096  # bytes of the model's console output kept for the researcher
 MAX_OUTPUT = 8 * 1024 * 1024  # largest output file a citizen sends back
@@ -73,10 +73,6 @@ async def build(bundle_dir: Path, command: str | None) -> None:
     marker.touch()
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 async def run_model(assignment: Assignment, bundle_dir: Path, work_root: Path) -> Result:
     """Run the model on one duty's input in a fresh work directory, removed afterwards."""
     work_root.mkdir(parents=True, exist_ok=True)
@@ -104,7 +100,7 @@ async def run_model(assignment: Assignment, bundle_dir: Path, work_root: Path) -
         if size > MAX_OUTPUT:
             return failed(f"output is {size} bytes, above the {MAX_OUTPUT} byte limit")
         try:
-            output = json.loads(output_path.read_bytes(), parse_constant=_no_constant)
+            output = parse_json(output_path.read_bytes())
         except (ValueError, RecursionError) as exc:
             return failed(f"output is not valid JSON: {exc}")
         return Result(assignment.replica_id, 0, output=output, stderr_tail=tail, elapsed=elapsed)

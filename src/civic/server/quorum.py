@@ -20,7 +20,7 @@ def agree(a: Any, b: Any, tolerance: float | None) -> bool:
     if tolerance is None:
         return digest(a) == digest(b)
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return type(a) is type(b) and a == b  # True == 1 in Python, not in JSON
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
     if isinstance(a, list) and isinstance(b, list):
