@@ -148,7 +148,7 @@ def test_a_citizen_leases_fetches_and_returns_a_result(alphabet, database_url, h
                 ack = await client.recv()
                 assert ack == p.Ack(a.replica_id, True, None)
 
-            # Someone else's replica, or the same result twice: refused, connection kept.
+            # The same result twice: refused, and the connection is kept.
             await client.send(p.Result(first.replica_id, 0, output=[]))
             ack = await client.recv()
             assert isinstance(ack, p.Ack) and not ack.accepted and "already" in ack.reason
@@ -215,7 +215,6 @@ HOSTILE = {
     "non-hello first frame": p.encode(p.RequestDuty(1)),
     "wrong protocol version": p.encode(p.Hello(99, "future")),
     "truncated frame": p.HEADER.pack(100) + b'{"type": "hel',
-    "nothing at all": b"",
 }
 
 
@@ -268,6 +267,22 @@ def test_a_citizen_turning_hostile_loses_its_lease(alphabet, database_url, paylo
 
     asyncio.run(scenario())
     assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+
+
+def test_a_peer_that_connects_and_leaves_costs_nothing(alphabet, database_url, caplog):
+    caplog.set_level(logging.INFO, logger="civic.server")
+
+    async def scenario():
+        async with running_server(database_url) as server:
+            for _ in range(5):
+                peer = await Client.connect(server)
+                await peer.close()
+            assert await wait_for(lambda: not server.connections)
+            await served_normally(server)
+
+    asyncio.run(scenario())
+    assert not [r for r in caplog.records
+                if r.levelno >= logging.WARNING and "well-behaved" not in r.getMessage()]
 
 
 def test_a_silent_peer_times_out_during_the_handshake(alphabet, database_url):

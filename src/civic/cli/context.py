@@ -23,10 +23,10 @@ class Context:
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
     _url: str | None = None
 
-    def database_url(self) -> str:
+    def database_url(self, override: str | None = None) -> str:
         """The database to use (started if embedded), migrated to the current schema."""
         if self._url is None:
-            url = self.settings.database_url or store.embedded_url(self.settings.home)
+            url = override or self.settings.database_url or store.embedded_url(self.settings.home)
             store.migrate(url)
             self._url = url
         return self._url

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,9 +23,11 @@ def start(
                                       help="TCP port to listen on.")] = DEFAULT_PORT,
     grace: Annotated[float, typer.Option(
         "--grace", min=0, help="Seconds to wait for results in flight when stopping.")] = 30.0,
+    database_url: Annotated[Optional[str], typer.Option(
+        "--database-url", help="PostgreSQL to use (same as civic --database-url).")] = None,
 ) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM (then it drains and exits 0)."""
     c: Context = ctx.obj
-    url = c.database_url()
+    url = c.database_url(database_url)
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
     serve(url, ServerOptions(host=host, port=port, grace=grace))
