@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from civic import protocol as p
@@ -205,7 +206,7 @@ def _frame(body: bytes) -> bytes:
 
 
 HOSTILE = {
-    "random garbage": bytes(range(256)) * 4,
+    "binary garbage": bytes(range(256)) * 4,
     "http request": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "garbage body": _frame(b"\xff\xfe not json at all \x00"),
     "huge length prefix": p.HEADER.pack(0xFFFFFFFF) + b"{",
@@ -357,6 +358,38 @@ def test_a_disconnected_citizens_lease_goes_to_another(database_url, h):
     assert h.fetch(database_url, "SELECT bool_or(connected) FROM citizens") == [(False,)]
 
 
+def test_stopping_the_server_releases_the_leases_still_held(alphabet, database_url, h):
+    """Stopping waits ``grace`` for results in flight, then says bye and lets each connection
+    release what it still holds: once ``stop`` returns, nothing is left leased to a citizen that
+    is gone. A concurrent lock on the replica row (another server's reaper, a researcher's
+    query) makes that release take a moment; ``stop`` must still wait for it."""
+
+    async def scenario():
+        locker = await psycopg.AsyncConnection.connect(database_url)
+        try:
+            async with running_server(database_url, grace=0.3) as server:
+                client = await Client.connect(server)
+                await client.hello("busy")
+                (a,) = (await client.request()).assignments
+                await locker.execute("SELECT 1 FROM replicas WHERE id = %s FOR UPDATE",
+                                     (a.replica_id,))
+                asyncio.get_running_loop().call_later(
+                    1.0, lambda: asyncio.ensure_future(locker.rollback()))
+                server.request_stop()
+                assert isinstance(await client.recv(), p.Bye)
+                await client.close()
+            # The server has stopped.
+            at_stop = await asyncio.to_thread(
+                h.fetch, database_url, "SELECT r.state::text, c.connected FROM replicas r"
+                " JOIN citizens c ON c.id = r.citizen_id WHERE r.id = %s", (a.replica_id,))
+            await asyncio.sleep(1.5)  # the lock is gone by now, whatever stop did
+            return at_stop
+        finally:
+            await locker.close()
+
+    assert asyncio.run(scenario()) == [("expired", False)]
+
+
 def test_the_reaper_releases_overdue_replicas(alphabet, database_url, h):
     async def scenario():
         async with running_server(database_url, reap_interval=0.1) as server:
@@ -384,32 +417,37 @@ def test_the_reaper_releases_overdue_replicas(alphabet, database_url, h):
 # A whole run with real agents
 # ---------------------------------------------------------------------------------------------
 
+async def run_agents(server: Server, url: str, dataset_id: int, homes, timeout: float):
+    """Run one Agent per home until the dataset has no pending duty; returns its progress."""
+    host, port = server.address
+    agents = [asyncio.create_task(Agent(AgentOptions(
+        address=f"{host}:{port}", home=home, name=home.name, prefetch=2)).run())
+        for home in homes]
+    try:
+        async def finished():
+            while True:
+                progress = await asyncio.to_thread(catalog.progress, url, dataset_id)
+                if progress["pending"] == 0:
+                    return progress
+                for agent in agents:
+                    if agent.done():
+                        agent.result()  # an agent that died: show why
+                await asyncio.sleep(0.2)
+
+        return await asyncio.wait_for(finished(), timeout)
+    finally:
+        for agent in agents:
+            agent.cancel()
+        await asyncio.gather(*agents, return_exceptions=True)
+
+
 def test_two_agents_compute_the_whole_alphabet(alphabet, database_url, tmp_path, monkeypatch, h):
     monkeypatch.setenv("ALPHABET_BURN_SECONDS", "0.02")  # the model's CPU burn, shortened
 
     async def scenario():
         async with running_server(database_url) as server:
-            host, port = server.address
-            agents = [asyncio.create_task(Agent(AgentOptions(
-                address=f"{host}:{port}", home=tmp_path / name, name=name, prefetch=2)).run())
-                for name in ("c1", "c2")]
-            try:
-                async def all_done():
-                    while True:
-                        progress = await asyncio.to_thread(catalog.progress, database_url,
-                                                           alphabet.id)
-                        if progress["pending"] == 0:
-                            return progress
-                        for agent in agents:
-                            if agent.done():
-                                agent.result()  # an agent that died: show why
-                        await asyncio.sleep(0.2)
-
-                return await asyncio.wait_for(all_done(), 120)
-            finally:
-                for agent in agents:
-                    agent.cancel()
-                await asyncio.gather(*agents, return_exceptions=True)
+            return await run_agents(server, database_url, alphabet.id,
+                                    [tmp_path / "c1", tmp_path / "c2"], timeout=120)
 
     progress = asyncio.run(scenario())
     assert progress == {"total": 26, "pending": 0, "done": 26, "inconclusive": 0, "failed": 0}
@@ -433,3 +471,22 @@ def test_two_agents_compute_the_whole_alphabet(alphabet, database_url, tmp_path,
         assert oct(os.stat(tmp_path / name / "identity.json").st_mode & 0o777) == "0o600"
         assert identity["citizen_id"] in {
             str(cid) for (cid,) in h.fetch(database_url, "SELECT id FROM citizens")}
+
+
+def test_a_model_printing_nul_bytes_still_gets_its_duty_done(database_url, model_copy, tmp_path,
+                                                             monkeypatch, h):
+    """The console tail a citizen sends back is whatever the model printed, NUL bytes included."""
+    monkeypatch.setenv("ALPHABET_BURN_SECONDS", "0")
+    model = model_copy(run="printf 'binary\\000junk\\n'; ./alphabet {input} {output}")
+    catalog.add_model(database_url, model)
+    ds = catalog.import_dataset(database_url, "alphabet", model / "letters.csv",
+                                records_per_duty=26)
+
+    async def scenario():
+        async with running_server(database_url) as server:
+            return await run_agents(server, database_url, ds.id,
+                                    [tmp_path / "c1", tmp_path / "c2"], timeout=20)
+
+    assert asyncio.run(scenario())["done"] == 1
+    (canonical,), = h.fetch(database_url, "SELECT canonical::jsonb FROM duties")
+    assert canonical == h.alphabet_output([{"letter": c} for c in h.LETTERS])

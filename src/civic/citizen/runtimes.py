@@ -31,7 +31,7 @@ class Runtime(Protocol):
     name: str
 
     def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None) -> list[Spawned]: ...
+              log_dir: Path | None = None, prefetch: int = 1) -> list[Spawned]: ...
 
     def stop(self, citizens: list[Spawned], timeout: float = 10.0) -> None: ...
 
@@ -42,23 +42,25 @@ class ProcessRuntime:
     name = "process"
 
     def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None) -> list[Spawned]:
+              log_dir: Path | None = None, prefetch: int = 1) -> list[Spawned]:
         spawned: list[Spawned] = []
         try:
             for name in names:
                 home = homes / name
                 log = (log_dir / f"{name}.log") if log_dir else None
-                spawned.append(Spawned(name, home, self._start(address, name, home, log), log))
+                process = self._start(address, name, home, log, prefetch)
+                spawned.append(Spawned(name, home, process, log))
         except BaseException:
             self.stop(spawned)
             raise
         return spawned
 
     @staticmethod
-    def _start(address: str, name: str, home: Path, log: Path | None) -> subprocess.Popen[bytes]:
+    def _start(address: str, name: str, home: Path, log: Path | None,
+               prefetch: int) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "civic.citizen.agent", address, "--name", name,
-                   "--home", str(home)]
+                   "--home", str(home), "--prefetch", str(prefetch)]
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,8 @@ def spawn(
                                                   "(default: this host's name).")] = None,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="Write each citizen's "
                                                     "log here instead of the terminal.")] = None,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=1, max=32,
+                                          help="Duties each citizen leases at a time.")] = 1,
 ) -> None:
     """Start COUNT citizens working for the server at HOST:PORT; Ctrl-C stops them all."""
     c: Context = ctx.obj
@@ -64,7 +66,7 @@ def spawn(
         raise UsageError(f"--runtime {runtime!r} is not available yet; use --runtime process")
     names = [f"{prefix or socket.gethostname()}-{i}" for i in range(1, count + 1)]
     runner = ProcessRuntime()
-    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir)
+    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch)
     table = Table("citizen", "pid", "home", title=f"{count} citizen(s) working for {address}")
     for s in spawned:
         table.add_row(s.name, str(s.process.pid), str(s.home))

@@ -11,6 +11,11 @@ from civic.server import quorum
 from civic.store import q
 
 
+def text(value: str, limit: int = 64 * 1024) -> str:
+    """Text from the network as PostgreSQL can store it: bounded, and without NUL characters."""
+    return value[:limit].replace("\x00", "\ufffd")
+
+
 async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tuple[bool, str]:
     """Store one replica's result and settle its duty when a quorum agrees.
 
@@ -27,9 +32,10 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tupl
     duty_id, pending = row["duty_id"], row["duty_state"] == "pending"
 
     if result.error is not None or result.exit_code != 0:
-        error = result.error or f"exited with code {result.exit_code}"
+        error = text(result.error or f"exited with code {result.exit_code}")
         await conn.execute(q("store_error"), {"id": result.replica_id, "exit_code": result.exit_code,
-                                              "error": error, "stderr_tail": result.stderr_tail,
+                                              "error": error,
+                                              "stderr_tail": text(result.stderr_tail),
                                               "elapsed": result.elapsed})
         await conn.execute(q("count_error"), {"id": citizen_id})
         if row["state"] == "leased":  # an expired replica's failure was counted already
@@ -46,7 +52,7 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tupl
                 break
     await conn.execute(q("store_output"), {
         "id": result.replica_id, "exit_code": result.exit_code, "output": Json(result.output),
-        "digest": key, "stderr_tail": result.stderr_tail, "elapsed": result.elapsed})
+        "digest": key, "stderr_tail": text(result.stderr_tail), "elapsed": result.elapsed})
     if not pending:
         valid = row["canonical"] is not None and quorum.agree(result.output, row["canonical"],
                                                               tolerance)

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from civic import protocol as p
 from civic.errors import AddressInUse, ProtocolError, Refused, StoreError
 from civic.server import assimilate
+from civic.server.assimilate import text
 from civic.store import redact, work
 
 log = logging.getLogger("civic.server")
@@ -179,9 +180,9 @@ class Server:
             with contextlib.suppress(Exception):
                 await conn.send(p.Error("internal", "internal server error"))
         finally:
-            self.connections.discard(conn)
             writer.close()
             await self._forget(conn)
+            self.connections.discard(conn)  # only now: stop() waits for the release above
             log.info("%s (%s) disconnected", conn.name, peer)
 
     async def _session(self, conn: Connection, reader: asyncio.StreamReader) -> None:
@@ -195,9 +196,9 @@ class Server:
                                 f"(this server speaks {p.PROTOCOL_VERSION})")
         async with self.pool.connection() as db:
             conn.citizen_id, secret = await work.register(
-                db, citizen_id=hello.citizen_id, secret=hello.secret, name=hello.name[:100],
-                platform=hello.platform[:100], address=conn.peer)
-        conn.name = hello.name[:100]
+                db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
+                platform=text(hello.platform, 100), address=conn.peer)
+        conn.name = text(hello.name, 100)
         log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
                  "joined" if secret else "connected", conn.peer)
         await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat))
@@ -256,8 +257,11 @@ class Server:
         return True
 
     async def _on_result(self, conn: Connection, message: p.Result) -> bool:
-        async with self.pool.connection() as db:
-            accepted, what = await assimilate.submit(db, conn.citizen_id, message)
+        try:
+            async with self.pool.connection() as db:
+                accepted, what = await assimilate.submit(db, conn.citizen_id, message)
+        except psycopg.DataError as exc:  # this result can never be stored: refuse, don't retry
+            accepted, what = False, f"result cannot be stored: {exc}"
         conn.leased.discard(message.replica_id)
         log.info("result for replica %d from %s: %s", message.replica_id, conn.name, what)
         await conn.send(p.Ack(message.replica_id, accepted, None if accepted else what))
