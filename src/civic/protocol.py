@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import struct
 import types
@@ -297,7 +298,13 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
         port = rest[1:] if rest.startswith(":") else rest or str(default_port)
     elif address.count(":") == 1:
         host, port = address.split(":")
-    else:  # a bare name, or a bare IPv6 address
+    elif ":" in address:  # only a bare IPv6 address has several colons and no brackets
+        host, port = address, str(default_port)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            host = ""
+    else:
         host, port = address, str(default_port)
     if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"not a HOST:PORT address: {address!r}")
