@@ -358,6 +358,30 @@ def test_a_disconnected_citizens_lease_goes_to_another(database_url, h):
     assert h.fetch(database_url, "SELECT bool_or(connected) FROM citizens") == [(False,)]
 
 
+def test_a_citizen_that_says_bye_frees_its_lease_without_a_failure(database_url, h):
+    """A volunteer stopping a citizen did nothing wrong: its duty goes back to the pool, but
+    not one step closer to max_attempts."""
+    catalog.add_model(database_url, h.ALPHABET)
+    catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
+                           replication=1, quorum=1)
+
+    async def scenario():
+        async with running_server(database_url) as server:
+            leaving = await Client.connect(server)
+            await leaving.hello("leaving")
+            (held,) = (await leaving.request()).assignments
+            await leaving.send(p.Bye("citizen stopping"))
+            await leaving.until_closed()
+            assert await wait_for(lambda: h.fetch(
+                database_url, "SELECT state::text, error FROM replicas WHERE id = %s",
+                (held.replica_id,)) == [("expired", "citizen stopped")])
+            return held
+
+    held = asyncio.run(scenario())
+    assert h.fetch(database_url, "SELECT state::text, failures, open_slots FROM duties"
+                                 " WHERE id = %s", (held.duty_id,)) == [("pending", 0, 1)]
+
+
 def test_stopping_the_server_releases_the_leases_still_held(alphabet, database_url, h):
     """Stopping waits ``grace`` for results in flight, then says bye and lets each connection
     release what it still holds: once ``stop`` returns, nothing is left leased to a citizen that

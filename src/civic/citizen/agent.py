@@ -41,6 +41,7 @@ class AgentOptions:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     token: str | None = None
+    parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
 
 
 class Agent:
@@ -71,6 +72,11 @@ class Agent:
                 reason = "server closed the connection"
             except (ProtocolError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 reason = f"connection lost: {exc or type(exc).__name__}"
+            except asyncio.CancelledError:
+                # Stopping on purpose: say so, so the server re-issues our duties without
+                # counting them as failures. Buffered; close() flushes it.
+                writer.write(p.encode(p.Bye("citizen stopping")))
+                raise
             finally:
                 writer.close()
             await self._backoff(reason)
@@ -210,6 +216,13 @@ def default_home(name: str) -> Path:
     return Path(base) / "citizens" / name
 
 
+async def _orphaned(parent: int) -> None:
+    """Return once the parent that spawned this citizen has died (it never outlives its runtime)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1)
+    log.warning("parent process %d is gone; stopping", parent)
+
+
 def run(options: AgentOptions) -> int:
     """Run one citizen in the foreground until SIGINT/SIGTERM; returns the exit status."""
 
@@ -218,6 +231,9 @@ def run(options: AgentOptions) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
+        if options.parent is not None:
+            watchdog = asyncio.ensure_future(_orphaned(options.parent))
+            watchdog.add_done_callback(lambda _: task.cancel())
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -239,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=socket.gethostname(), help="name shown on the server")
     parser.add_argument("--home", type=Path, help="identity, bundle cache and work directory")
     parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
+    parser.add_argument("--parent", type=int, help="stop when this process id is gone")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -248,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     except CivicError as exc:
         parser.error(str(exc))
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
-                            max(1, args.prefetch), token=os.environ.get("CIVIC_TOKEN")))
+                            max(1, args.prefetch), token=os.environ.get("CIVIC_TOKEN"),
+                            parent=args.parent))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class ProcessRuntime:
                prefetch: int) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "civic.citizen.agent", address, "--name", name,
-                   "--home", str(home), "--prefetch", str(prefetch)]
+                   "--home", str(home), "--prefetch", str(prefetch), "--parent", str(os.getpid())]
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -41,10 +41,6 @@ def run(
     raise typer.Exit(status)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 @app.command("spawn")
 def spawn(
     ctx: typer.Context,
@@ -72,8 +68,7 @@ def spawn(
         table.add_row(s.name, str(s.process.pid), str(s.home))
     c.err.print(table)
     c.err.print("[dim]Ctrl-C stops them all[/]")
-    for sig in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job ignores SIGINT
-        signal.signal(sig, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # explicit: a background job ignores SIGINT
     try:
         while any(s.running for s in spawned):
             time.sleep(0.5)

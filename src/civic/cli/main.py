@@ -8,6 +8,7 @@ Exit codes: 0 success · 1 error · 2 bad input (arguments, files) · 3 not foun
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -64,8 +65,14 @@ def setup(
     ctx.obj = Context(load_settings(home=home, database_url=database_url, debug=debug))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit status; CivicErrors become one-line messages."""
+    # SIGTERM unwinds like Ctrl-C, so citizens, servers and the embedded database stop cleanly.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(args=argv, prog_name="civic")  # typer exits through SystemExit
     except SystemExit as exc:

@@ -52,6 +52,7 @@ class Connection:
     citizen_id: str = ""
     name: str = "?"
     leased: set[int] = field(default_factory=set)
+    said_bye: bool = False
 
     async def send(self, message: p.Message) -> None:
         await p.send(self.writer, message)
@@ -218,8 +219,9 @@ class Server:
         try:
             async with self.pool.connection() as db:
                 if conn.leased:
-                    lost = await work.release(db, ids=sorted(conn.leased), overdue=False,
-                                              error="citizen disconnected")
+                    lost = await work.release(
+                        db, ids=sorted(conn.leased), overdue=False, failure=not conn.said_bye,
+                        error="citizen stopped" if conn.said_bye else "citizen disconnected")
                     if lost:
                         log.warning("%s left with %d replica(s) unfinished; re-issuing",
                                     conn.name, lost)
@@ -273,4 +275,5 @@ class Server:
         return True
 
     async def _on_bye(self, conn: Connection, message: p.Bye) -> bool:
+        conn.said_bye = True
         return False

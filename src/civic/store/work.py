@@ -70,12 +70,20 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int,
             for row in await cursor.fetchall()]
 
 
-async def release(conn: AsyncConnection, *, ids: list[int], overdue: bool, error: str) -> int:
-    """Give up leased replicas (by id, and/or past their deadline); each counts as a failure."""
+async def release(conn: AsyncConnection, *, ids: list[int], overdue: bool, error: str,
+                  failure: bool = True) -> int:
+    """Give up leased replicas (by id, and/or past their deadline) so others lease them again.
+
+    Each counts as a failure of its duty, unless ``failure`` is False (a citizen that said bye
+    before stopping did nothing wrong).
+    """
     rows = await (await conn.execute(q("release_replicas"), {"ids": ids, "overdue": overdue,
                                                               "error": error})).fetchall()
     for duty_id, lost in rows:
-        await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": lost, "error": error})
+        if failure:
+            await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": lost, "error": error})
+        else:
+            await conn.execute(q("open_slots"), {"duty_id": duty_id, "slots": lost})
     return sum(lost for _, lost in rows)
 
 

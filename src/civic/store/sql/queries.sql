@@ -215,7 +215,8 @@ WHERE duty_id = %(duty_id)s AND state IN ('returned', 'valid') AND id <> %(id)s
 ORDER BY digest, id;
 
 -- name: open_slots
-UPDATE duties SET open_slots = open_slots + %(slots)s WHERE id = %(duty_id)s;
+UPDATE duties SET open_slots = open_slots + %(slots)s
+WHERE id = %(duty_id)s AND state = 'pending';
 
 -- name: inconclusive
 UPDATE duties SET state = 'inconclusive', open_slots = 0, finished_at = now(),
