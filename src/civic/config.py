@@ -26,6 +26,7 @@ class Settings:
     home: Path
     database_url: str | None = None
     debug: bool = False
+    instance: str = "civic"  # prefix and label of everything CIVIC creates in Docker
 
     @property
     def citizens_dir(self) -> Path:
@@ -50,10 +51,23 @@ def read_config(home: Path) -> dict[str, Any]:
     return data
 
 
+def write_config(home: Path, data: dict[str, Any]) -> Path:
+    """Replace the config file atomically, readable by its owner only (it may hold passwords)."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
 def load_settings(*, home: Path | None = None, database_url: str | None = None,
                   debug: bool = False) -> Settings:
     """Build Settings from flags, then the environment, then the config file."""
     home = (home or default_home()).absolute()
     config = read_config(home)
     url = database_url or os.environ.get("CIVIC_DATABASE_URL") or config.get("database_url")
-    return Settings(home=home, database_url=url or None, debug=debug)
+    instance = os.environ.get("CIVIC_INSTANCE") or config.get("instance") or "civic"
+    return Settings(home=home, database_url=url or None, debug=debug, instance=instance)

@@ -60,6 +60,12 @@ class Refused(CivicError):
     exit_code = 7
 
 
+class DockerError(CivicError):
+    """Raised when the Docker engine is missing, refuses access or fails an operation."""
+
+    exit_code = 8
+
+
 class RunIncomplete(CivicError):
     """Raised when a run ends with duties that have no canonical result."""
 

@@ -57,7 +57,8 @@ def test_server_and_spawned_citizens_as_separate_commands(civic: Civic) -> None:
     imported = civic.json("dataset", "import", "alphabet", str(ALPHABET / "letters.csv"))
     assert (imported["records"], imported["duties"], imported["quorum"]) == (26, 26, 2)
 
-    spawn = civic.start("citizen", "spawn", "--count", "2", f"127.0.0.1:{port}")
+    spawn = civic.start("citizen", "spawn", "--runtime", "process", "--count", "2",
+                        f"127.0.0.1:{port}")
     finished = civic.wait_done(imported["id"])
     assert finished["done"] == 26
 

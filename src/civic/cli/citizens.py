@@ -1,4 +1,4 @@
-"""``civic citizen``: donate this machine — run one citizen, or spawn several."""
+"""``civic citizen``: donate this machine — citizens as containers, or as local processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from civic import engine, images
 from civic.citizen import agent
+from civic.citizen.containers import DockerRuntime, Limits
 from civic.citizen.runtimes import ProcessRuntime
 from civic.cli.context import Context
 from civic.errors import UsageError
@@ -21,6 +23,11 @@ from civic.protocol import parse_address
 app = typer.Typer(no_args_is_help=True, help="Run citizens: workers that compute duties.")
 
 ADDRESS = Annotated[str, typer.Argument(metavar="HOST:PORT", help="The CIVIC server.")]
+PREFETCH = Annotated[int, typer.Option("--prefetch", min=1, max=32,
+                                       help="Duties each citizen leases at a time.")]
+NAMES = Annotated[Optional[list[str]], typer.Argument(help="Citizen names (see citizen list).")]
+ALL = Annotated[bool, typer.Option("--all", help="Every citizen of this instance.")]
+JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.command("run")
@@ -29,10 +36,9 @@ def run(
     address: ADDRESS,
     name: Annotated[Optional[str], typer.Option("--name", help="Name shown on the server "
                                                 "(default: this host's name).")] = None,
-    prefetch: Annotated[int, typer.Option("--prefetch", min=1, max=32,
-                                          help="Duties to lease at a time.")] = 1,
+    prefetch: PREFETCH = 1,
 ) -> None:
-    """Run one citizen in the foreground (what a citizen container runs). Ctrl-C stops it."""
+    """Run one citizen in the foreground. Ctrl-C stops it."""
     c: Context = ctx.obj
     parse_address(address)
     name = name or socket.gethostname()
@@ -46,29 +52,70 @@ def spawn(
     ctx: typer.Context,
     address: ADDRESS,
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many citizens.")] = 1,
-    runtime: Annotated[str, typer.Option("--runtime", help="Where citizens run: process "
-                                         "(local subprocesses).")] = "process",
+    runtime: Annotated[Optional[str], typer.Option(
+        "--runtime", help="docker (one hardened container each; the default when an engine "
+                          "answers) or process (local subprocesses, in the foreground).")] = None,
     prefix: Annotated[Optional[str], typer.Option("--prefix", help="Citizen name prefix "
                                                   "(default: this host's name).")] = None,
-    log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="Write each citizen's "
-                                                    "log here instead of the terminal.")] = None,
-    prefetch: Annotated[int, typer.Option("--prefetch", min=1, max=32,
-                                          help="Duties each citizen leases at a time.")] = 1,
+    prefetch: PREFETCH = 1,
+    image: Annotated[str, typer.Option("--image", help="Citizen image (docker; built when "
+                                       "the default is missing).")] = images.CITIZEN_IMAGE,
+    base: Annotated[Optional[str], typer.Option("--base", help="Base image when the citizen "
+                                                "image must be built (docker).")] = None,
+    cpus: Annotated[float, typer.Option("--cpus", min=0.01, help="CPUs per citizen (docker)."
+                                        )] = 1.0,
+    memory: Annotated[str, typer.Option("--memory", help="Memory per citizen, e.g. 512m, 2g "
+                                        "(docker).")] = "1g",
+    pids: Annotated[int, typer.Option("--pids", min=16, help="Processes per citizen (docker)."
+                                      )] = 256,
+    network: Annotated[Optional[str], typer.Option(
+        "--network", help="host, none or a network name (docker; default: bridge).")] = None,
+    log_dir: Annotated[Optional[Path], typer.Option(
+        "--log-dir", help="Write each citizen's log here (process).")] = None,
+    json: JSON = False,
 ) -> None:
-    """Start COUNT citizens working for the server at HOST:PORT; Ctrl-C stops them all."""
+    """Start COUNT citizens working for the server at HOST:PORT. Containers keep running (and
+    restart) until `civic citizen stop`; process citizens run until Ctrl-C."""
     c: Context = ctx.obj
     parse_address(address)
-    if runtime != "process":
-        raise UsageError(f"--runtime {runtime!r} is not available yet; use --runtime process")
-    names = [f"{prefix or socket.gethostname()}-{i}" for i in range(1, count + 1)]
+    if runtime is None:
+        runtime = "docker" if engine.available() else "process"
+        if runtime == "process":
+            c.note("no Docker engine answers: running citizens as local processes "
+                   "(--runtime process)")
+    if runtime not in ("docker", "process"):
+        raise UsageError(f"--runtime must be docker or process, not {runtime!r}")
+    prefix = prefix or socket.gethostname()
+    if runtime == "process":
+        _spawn_processes(c, address, [f"{prefix}-{i}" for i in range(1, count + 1)],
+                         prefetch, log_dir)
+        return
+    docker = DockerRuntime(engine.client(), c.settings.instance, image,
+                           Limits(cpus=cpus, memory=memory, pids=pids), network)
+    if image == images.CITIZEN_IMAGE and not images.exists(docker.engine, image):
+        with c.err.status(f"building {image}…"):
+            images.build_citizen(docker.engine, base=base)
+    started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch)
+    if json:
+        c.print_json([vars(s) for s in started])
+        return
+    table = Table("citizen", "container", "state", "image",
+                  title=f"{len(started)} citizen container(s) working for {address}")
+    for s in started:
+        table.add_row(s.name, s.container, s.state, s.image)
+    c.out.print(table)
+
+
+def _spawn_processes(c: Context, address: str, names: list[str], prefetch: int,
+                     log_dir: Path | None) -> None:
     runner = ProcessRuntime()
     spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch)
-    table = Table("citizen", "pid", "home", title=f"{count} citizen(s) working for {address}")
+    table = Table("citizen", "pid", "home", title=f"{len(names)} citizen(s) working for {address}")
     for s in spawned:
         table.add_row(s.name, str(s.process.pid), str(s.home))
     c.err.print(table)
     c.err.print("[dim]Ctrl-C stops them all[/]")
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # explicit: a background job ignores SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
     try:
         while any(s.running for s in spawned):
             time.sleep(0.5)
@@ -76,6 +123,68 @@ def spawn(
         c.note("stopping citizens…")
     finally:
         runner.stop(spawned)
-    exited = [s for s in spawned if s.process.returncode not in (0, -signal.SIGTERM)]
-    for s in exited:
-        c.note(f"{s.name} exited with status {s.process.returncode}")
+    for s in spawned:
+        if s.process.returncode not in (0, -signal.SIGTERM):
+            c.note(f"{s.name} exited with status {s.process.returncode}")
+
+
+def _docker(c: Context) -> DockerRuntime:
+    return DockerRuntime(engine.client(), c.settings.instance, images.CITIZEN_IMAGE)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json: JSON = False) -> None:
+    """List this instance's citizen containers."""
+    c: Context = ctx.obj
+    citizens = _docker(c).list()
+    if json:
+        c.print_json([vars(s) for s in citizens])
+        return
+    if not citizens:
+        c.note("no citizen containers; start some with: civic citizen spawn HOST:PORT")
+        return
+    table = Table("citizen", "container", "state", "server", "image")
+    for s in citizens:
+        table.add_row(s.name, s.container, s.state, s.server, s.image)
+    c.out.print(table)
+
+
+def _act(ctx: typer.Context, names: list[str] | None, everyone: bool, verb: str) -> None:
+    c: Context = ctx.obj
+    if not names and not everyone:
+        raise UsageError("name the citizens, or pass --all")
+    docker = _docker(c)
+    chosen = docker.select(names or [], everyone)
+    getattr(docker, verb)(chosen)
+    done = {"stop": "stopped", "start": "started", "remove": "removed"}[verb]
+    for container in chosen:
+        c.out.print(f"{done} {container.name}")
+
+
+@app.command("stop")
+def stop(ctx: typer.Context, names: NAMES = None, all: ALL = False) -> None:
+    """Stop citizen containers (they keep their identity and cache)."""
+    _act(ctx, names, all, "stop")
+
+
+@app.command("start")
+def start(ctx: typer.Context, names: NAMES = None, all: ALL = False) -> None:
+    """Start stopped citizen containers again."""
+    _act(ctx, names, all, "start")
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, names: NAMES = None, all: ALL = False) -> None:
+    """Remove citizen containers with their volumes."""
+    _act(ctx, names, all, "remove")
+
+
+@app.command("logs")
+def logs(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Citizen name.")],
+         tail: Annotated[int, typer.Option("--tail", min=1, help="Lines to show.")] = 100,
+         ) -> None:
+    """Show the last lines of a citizen container's log."""
+    c: Context = ctx.obj
+    docker = _docker(c)
+    (container,) = docker.select([name], False)
+    c.out.file.write(docker.logs(container, tail))

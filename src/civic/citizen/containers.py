@@ -1,0 +1,150 @@
+"""The docker runtime: one hardened container per citizen, found again by its labels.
+
+Each citizen runs the citizen image with a read-only root filesystem and a tmpfs /tmp, all
+capabilities dropped, no-new-privileges, CPU / memory / pids limits, a restart policy, and a
+named volume of its own for its identity and bundle cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, errors, find, is_container, labels,
+                          selector)
+from civic.errors import NotFound
+
+ROLE = "citizen"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one citizen container may use."""
+
+    cpus: float = 1.0
+    memory: str = "1g"
+    pids: int = 256
+    tmpfs: str = "256m"
+
+
+@dataclass(frozen=True)
+class CitizenContainer:
+    """One citizen as the engine reports it."""
+
+    name: str
+    container: str
+    state: str
+    server: str
+    image: str
+    volume: str
+
+
+def _describe(container: Any) -> CitizenContainer:
+    mounts = container.attrs.get("Mounts", [])
+    return CitizenContainer(
+        name=container.labels.get(LABEL_NAME, container.name), container=container.name,
+        state=container.status, server=container.labels.get(LABEL_SERVER, ""),
+        image=(container.image.tags or [container.image.short_id])[0] if container.image else "",
+        volume=next((m.get("Name", "") for m in mounts if m.get("Destination") == "/civic"), ""))
+
+
+class DockerRuntime:
+    """Citizens as containers of one CIVIC instance on this engine."""
+
+    name = "docker"
+
+    def __init__(self, engine: Any, instance: str, image: str, limits: Limits | None = None,
+                 network: str | None = None) -> None:
+        self.engine, self.instance, self.image = engine, instance, image
+        self.limits = limits or Limits()
+        self.network = network
+
+    def container_name(self, name: str) -> str:
+        return f"{self.instance}-citizen-{name}"
+
+    def free_names(self, prefix: str, count: int) -> list[str]:
+        """The next ``count`` names ``prefix-N`` not taken by a citizen of this instance."""
+        taken = {c.name for c in self.list()}
+        names, index = [], 1
+        while len(names) < count:
+            name = f"{prefix}-{index}"
+            if name not in taken and find(self.engine, "container",
+                                          self.container_name(name)) is None:
+                names.append(name)
+            index += 1
+        return names
+
+    def spawn(self, address: str, names: list[str], *, prefetch: int = 1,
+              token: str | None = None) -> list[CitizenContainer]:
+        """Start one container per name; on any failure remove what this call created."""
+        created: list[Any] = []
+        try:
+            for name in names:
+                created.extend(self._start(address, name, prefetch, token))
+        except BaseException:
+            for thing in reversed(created):
+                with errors("cleaning up"):
+                    discard(thing)
+            raise
+        return [_describe(c) for c in created if is_container(c)]
+
+    def _start(self, address: str, name: str, prefetch: int, token: str | None) -> list[Any]:
+        tags = labels(self.instance, ROLE, **{LABEL_SERVER: address, LABEL_NAME: name})
+        made: list[Any] = []
+        with errors(f"creating citizen {name}"):
+            volume = self.engine.volumes.create(self.container_name(name), labels=tags)
+            made.append(volume)
+            network = self.network or "bridge"
+            placement = ({"network_mode": network} if network in ("host", "none", "bridge")
+                         else {"network": network})
+            made.append(self.engine.containers.run(
+                self.image, [address, "--name", name, "--prefetch", str(prefetch)],
+                name=self.container_name(name), detach=True, labels=tags,
+                environment={"CIVIC_TOKEN": token} if token else {},
+                restart_policy={"Name": "unless-stopped"},
+                nano_cpus=int(self.limits.cpus * 1e9), mem_limit=self.limits.memory,
+                memswap_limit=self.limits.memory, pids_limit=self.limits.pids,
+                read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.limits.tmpfs}"},
+                cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                volumes={volume.name: {"bind": "/civic", "mode": "rw"}}, **placement))
+        return made
+
+    def list(self) -> list[CitizenContainer]:
+        with errors("listing citizens"):
+            found = self.engine.containers.list(all=True, filters=selector(self.instance, ROLE))
+            return sorted((_describe(c) for c in found), key=lambda c: c.container)
+
+    def select(self, names: list[str], everyone: bool) -> list[Any]:
+        """Containers by citizen name (or all of them); an unknown name is an error."""
+        with errors("finding citizens"):
+            found = self.engine.containers.list(all=True, filters=selector(self.instance, ROLE))
+        if everyone:
+            return found
+        by_name = {c.labels.get(LABEL_NAME): c for c in found}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise NotFound(f"no citizen named {', '.join(missing)}; see: civic citizen list")
+        return [by_name[n] for n in names]
+
+    def stop(self, containers: list[Any]) -> None:
+        with errors("stopping citizens"):
+            for c in containers:
+                c.stop(timeout=15)
+
+    def start(self, containers: list[Any]) -> None:
+        with errors("starting citizens"):
+            for c in containers:
+                c.start()
+
+    def remove(self, containers: list[Any]) -> None:
+        """Remove citizens and their volumes (identity and bundle cache)."""
+        with errors("removing citizens"):
+            for c in containers:
+                volume = _describe(c).volume
+                c.remove(force=True)
+                if volume and (v := find(self.engine, "volume", volume)) is not None:
+                    v.remove()
+
+    def logs(self, container: Any, tail: int = 100) -> str:
+        with errors("reading logs"):
+            return container.logs(tail=tail).decode("utf-8", "replace")

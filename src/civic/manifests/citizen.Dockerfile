@@ -1,0 +1,22 @@
+# The citizen image: Python and the standard-library-only CIVIC agent, nothing else.
+# BASE must provide python3. Models that build from source need a compiler in the image:
+# `civic image build --toolchain` adds one (PACKAGES), or pass a BASE that has it.
+ARG BASE=python:3.13-alpine
+FROM ${BASE}
+ARG PACKAGES=""
+ARG VERSION=dev
+RUN if [ -n "$PACKAGES" ]; then \
+      if command -v apk >/dev/null; then apk add --no-cache $PACKAGES; \
+      else apt-get update && apt-get install -y --no-install-recommends $PACKAGES \
+           && rm -rf /var/lib/apt/lists/*; fi; \
+    fi \
+ && (adduser -D -H -u 10001 citizen 2>/dev/null || useradd -M -u 10001 citizen) \
+ && mkdir -p /civic && chown 10001 /civic
+COPY agent/ /opt/civic/
+ENV PYTHONPATH=/opt/civic PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/civic
+LABEL civic.image=citizen civic.version=${VERSION}
+# An unprivileged user; identity, bundle cache and work files live in the /civic volume.
+USER 10001
+WORKDIR /civic
+VOLUME /civic
+ENTRYPOINT ["python3", "-m", "civic.citizen.agent", "--home", "/civic"]
