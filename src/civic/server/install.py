@@ -18,7 +18,7 @@ import psycopg
 
 from civic import images
 from civic.config import Settings, read_config, write_config
-from civic.engine import discard, errors, find, labels, selector
+from civic.engine import discard, ensure_image, errors, find, labels, selector
 from civic.errors import NotFound, StoreError
 from civic.protocol import DEFAULT_PORT
 
@@ -111,8 +111,8 @@ class Installation:
             build()
             return
         step(f"pulling {tag}")
-        with errors(f"pulling {tag} (pass a local image instead with the --*-image options)"):
-            self.engine.images.pull(tag)
+        ensure_image(self.engine, tag, "pass a local image with --postgres-image / "
+                                       "--server-image")
 
     def _ensure(self, step: Step, kind: str, name: str, create: Callable[[], Any]) -> list[Any]:
         """The object if it exists (started, for a container), else create it. Returns what

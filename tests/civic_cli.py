@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ALPHABET = ROOT / "examples" / "alphabet"
 CIVIC = str(Path(sys.executable).with_name("civic"))  # the console script of this environment
 
@@ -20,9 +20,9 @@ CIVIC = str(Path(sys.executable).with_name("civic"))  # the console script of th
 class Civic:
     """Runs ``civic`` with one CIVIC_HOME, so its embedded database is private to the test."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, **env: str) -> None:
         self.home = home
-        self.env = {**os.environ, "CIVIC_HOME": str(home)}
+        self.env = {**os.environ, "CIVIC_HOME": str(home), **env}
         self.env.pop("CIVIC_DATABASE_URL", None)
         self.started: list[subprocess.Popen[str]] = []
 
