@@ -118,3 +118,10 @@ def ensure_image(engine: Any, tag: str, hint: str) -> None:
         reason = getattr(exc, "explanation", None) or exc
         raise DockerError(f"image {tag} is not here and cannot be pulled ({reason}); "
                           f"{hint}") from None
+
+
+def instance_of(thing: Any) -> str | None:
+    """The CIVIC instance a container, volume or network belongs to (None: not CIVIC's)."""
+    attrs = thing.attrs
+    found = attrs.get("Labels") or attrs.get("Config", {}).get("Labels") or {}
+    return found.get(LABEL_INSTANCE)

@@ -72,9 +72,10 @@ def _build(engine: Any, context: Path, tag: str, buildargs: dict[str, str],
     return tag
 
 
-def build_citizen(engine: Any, *, base: str | None = None, toolchain: bool = False,
+def build_citizen(engine: Any, *, base: str | None = None, toolchain: bool = True,
                   tag: str = CITIZEN_IMAGE, on_line: Progress | None = None) -> str:
-    """Build the citizen image: ``base`` + the standard-library-only agent."""
+    """Build the citizen image: ``base`` + the standard-library-only agent (+ a C toolchain,
+    so models that build from source work, unless ``toolchain`` is False)."""
     with tempfile.TemporaryDirectory(prefix="civic-citizen-") as tmp:
         context = Path(tmp)
         (context / "Dockerfile").write_text(_dockerfile("citizen"))

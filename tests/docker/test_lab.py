@@ -51,8 +51,12 @@ def test_install_compute_export_and_uninstall(lab: Civic, engine: Any, local: di
 
     ok(lab("model", "add", str(ALPHABET)))
     ok(lab("dataset", "import", "alphabet", str(ALPHABET / "letters.csv")))
-    ok(lab("citizen", "spawn", "--count", "4", "--network", "host", f"127.0.0.1:{port}"))
-    assert len(lab.json("citizen", "list")) == 4
+    # As a volunteer types it: a server on this machine's loopback is reached via the host network.
+    ok(lab("citizen", "spawn", "--count", "4", f"127.0.0.1:{port}"))
+    citizens = lab.json("citizen", "list")
+    assert len(citizens) == 4
+    assert {engine.containers.get(c["container"]).attrs["HostConfig"]["NetworkMode"]
+            for c in citizens} == {"host"}
 
     def finished() -> bool:
         status = lab.json("server", "status")
@@ -126,3 +130,28 @@ def test_no_engine_is_a_clear_error(tmp_path: Any) -> None:
     assert "no Docker engine answers" in done.stderr and "Traceback" not in done.stderr
     done = lost("citizen", "spawn", "--count", "1", "127.0.0.1:9", "--runtime", "docker")
     assert done.returncode == 8
+
+
+def test_install_refuses_a_taken_port_and_a_foreign_name(lab: Civic, engine: Any,
+                                                         local: dict[str, str]) -> None:
+    port, db_port = free_port(), free_port()
+    install = ["server", "install", "--network", "host", "--port", str(port),
+               "--db-port", str(db_port), "--postgres-image", local["postgres"]]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", db_port))
+        taken.listen()
+        done = lab(*install, timeout=300)
+    assert done.returncode == 5, done.stderr
+    assert f"port {db_port}" in done.stderr and "Traceback" not in done.stderr
+    assert leftovers(engine, lab.instance) == []  # type: ignore[attr-defined]
+
+    # A container that merely has the name CIVIC wants is not taken over.
+    stranger = engine.containers.create(local["python"], ["true"],
+                                        name=f"{lab.instance}-postgres")  # type: ignore[attr-defined]
+    try:
+        done = lab(*install, timeout=300)
+        assert done.returncode == 8, done.stderr
+        assert "is not this CIVIC instance's" in done.stderr
+        assert leftovers(engine, lab.instance) == []  # type: ignore[attr-defined]
+    finally:
+        stranger.remove(force=True)

@@ -41,6 +41,7 @@ class AgentOptions:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     token: str | None = None
+    work: Path | None = None  # per-duty scratch directories (default: HOME/work)
     parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
 
 
@@ -52,7 +53,7 @@ class Agent:
         self.host, self.port = p.parse_address(options.address)
         self.identity_file = options.home / "identity.json"
         self.bundles = options.home / "bundles"
-        self.work = options.home / "work"
+        self.work = options.work or options.home / "work"
         self.unacked: dict[int, p.Result] = {}
         self.current: set[int] = set()
         self.failures = 0
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=socket.gethostname(), help="name shown on the server")
     parser.add_argument("--home", type=Path, help="identity, bundle cache and work directory")
     parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
+    parser.add_argument("--work", type=Path, help="scratch directory (default: HOME/work)")
     parser.add_argument("--parent", type=int, help="stop when this process id is gone")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
                             max(1, args.prefetch), token=os.environ.get("CIVIC_TOKEN"),
-                            parent=args.parent))
+                            work=args.work, parent=args.parent))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
                           is_container, labels, selector)
 from civic.errors import NotFound
+from civic.protocol import parse_address
 
 ROLE = "citizen"
 
@@ -59,6 +60,14 @@ class DockerRuntime:
         self.limits = limits or Limits()
         self.network = network
 
+    @staticmethod
+    def default_network(address: str) -> str:
+        """``host`` for a server on this machine's loopback (a bridged container's 127.0.0.1
+        would be its own), else the default ``bridge``."""
+        host, _ = parse_address(address)
+        loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+        return "host" if loopback else "bridge"
+
     def container_name(self, name: str) -> str:
         return f"{self.instance}-citizen-{name}"
 
@@ -96,11 +105,12 @@ class DockerRuntime:
         with errors(f"creating citizen {name}"):
             volume = self.engine.volumes.create(self.container_name(name), labels=tags)
             made.append(volume)
-            network = self.network or "bridge"
+            network = self.network or self.default_network(address)
             placement = ({"network_mode": network} if network in ("host", "none", "bridge")
                          else {"network": network})
             made.append(self.engine.containers.run(
-                self.image, [address, "--name", name, "--prefetch", str(prefetch)],
+                self.image, [address, "--name", name, "--prefetch", str(prefetch),
+                             "--work", "/tmp/work"],  # inputs and outputs stay in the tmpfs
                 name=self.container_name(name), detach=True, labels=tags,
                 environment={"CIVIC_TOKEN": token} if token else {},
                 restart_policy={"Name": "unless-stopped"},

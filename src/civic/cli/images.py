@@ -19,9 +19,9 @@ def build(
     base: Annotated[Optional[str], typer.Option(
         "--base", help="Base image with python3 (default: python:3.13-alpine for citizens, "
                        "python:3.13-slim for the server).")] = None,
-    toolchain: Annotated[bool, typer.Option(
-        "--toolchain", help="Add a C toolchain to the citizen image, for models built from "
-                            "source.")] = False,
+    slim: Annotated[bool, typer.Option(
+        "--slim", help="No C toolchain in the citizen image (only models that need no "
+                       "build step will run).")] = False,
     wheelhouse: Annotated[Optional[Path], typer.Option(
         "--wheelhouse", help="Wheels for an offline server build (pip wheel ... -w DIR).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="citizen or server.")] = None,
@@ -34,7 +34,7 @@ def build(
     show = (lambda line: c.err.print(line, markup=False, highlight=False)) if verbose else None
     if only in (None, "citizen"):
         with c.err.status(f"building {images.CITIZEN_IMAGE}…"):
-            c.out.print(f"built {images.build_citizen(docker, base=base, toolchain=toolchain, on_line=show)}")
+            c.out.print(f"built {images.build_citizen(docker, base=base, toolchain=not slim, on_line=show)}")
     if only in (None, "server"):
         with c.err.status(f"building {images.SERVER_IMAGE}…"):
             c.out.print(f"built {images.build_server(docker, base=base, wheelhouse=wheelhouse, on_line=show)}")

@@ -1,13 +1,14 @@
-# The citizen image: Python and the standard-library-only CIVIC agent, nothing else.
-# BASE must provide python3. Models that build from source need a compiler in the image:
-# `civic image build --toolchain` adds one (APK_PACKAGES on Alpine, APT_PACKAGES on Debian),
-# or pass a BASE that has it.
+# The citizen image: Python and the standard-library-only CIVIC agent.
+# BASE must provide python3. Models that build from source need a C toolchain: unless the base
+# has `cc` already, APK_PACKAGES (Alpine) or APT_PACKAGES (Debian) are installed — `civic image
+# build` passes a toolchain there by default; `--slim` passes nothing.
 ARG BASE=python:3.13-alpine
 FROM ${BASE}
 ARG APK_PACKAGES=""
 ARG APT_PACKAGES=""
 ARG VERSION=dev
-RUN if command -v apk >/dev/null; then \
+RUN if command -v cc >/dev/null; then :; \
+    elif command -v apk >/dev/null; then \
       if [ -n "$APK_PACKAGES" ]; then apk add --no-cache $APK_PACKAGES; fi; \
     elif [ -n "$APT_PACKAGES" ]; then \
       apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES \

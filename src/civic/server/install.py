@@ -9,6 +9,7 @@ The database password is generated once and kept only in the config file (mode 0
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,8 +19,9 @@ import psycopg
 
 from civic import images
 from civic.config import Settings, read_config, write_config
-from civic.engine import discard, ensure_image, errors, find, labels, selector
-from civic.errors import NotFound, StoreError
+from civic.engine import (discard, ensure_image, errors, find, instance_of, labels,
+                          selector)
+from civic.errors import AddressInUse, DockerError, NotFound, StoreError
 from civic.protocol import DEFAULT_PORT
 
 DB_USER = DB_NAME = "civic"
@@ -79,6 +81,7 @@ class Installation:
         try:
             self._ensure_image(options.server_image, step, build_server)
             self._ensure_image(options.postgres_image, step)
+            self._check_ports(options)
             if options.network != "host":
                 created += self._ensure(step, "network", self.instance, lambda: (
                     self.engine.networks.create(self.instance, driver="bridge",
@@ -102,6 +105,22 @@ class Installation:
                     discard(thing)
             raise
 
+    def _check_ports(self, options: InstallOptions) -> None:
+        """Fail before creating anything when a port a new container needs is taken."""
+        wanted = [("postgres", "127.0.0.1", options.db_port), ("server", options.bind, options.port)]
+        if options.with_adminer:
+            wanted.append(("adminer", "127.0.0.1", options.adminer_port))
+        for role, host, port in wanted:
+            if find(self.engine, "container", self.names[role]) is not None:
+                continue  # ours already: it holds the port itself
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    raise AddressInUse(f"port {port} on {host} is already in use ({role}); "
+                                       "stop what holds it or choose another port") from None
+
     def _ensure_image(self, tag: str, step: Step, build: Callable[[], None] | None = None
                       ) -> None:
         if images.exists(self.engine, tag):
@@ -118,6 +137,9 @@ class Installation:
         """The object if it exists (started, for a container), else create it. Returns what
         was created now."""
         existing = find(self.engine, kind, name)
+        if existing is not None and instance_of(existing) != self.instance:
+            raise DockerError(f"a {kind} named {name} exists and is not this CIVIC instance's; "
+                              "remove it, or choose another name with CIVIC_INSTANCE")
         if existing is None:
             with errors(f"creating {kind} {name}"):
                 made = create()
