@@ -80,10 +80,16 @@ def test_every_command_has_help_and_listings_have_json(civic: Civic) -> None:
     top = civic("--help")
     for command in ("server", "model", "dataset", "citizen", "results", "status", "run"):
         assert command in top.stdout
-    for args in (["server", "start"], ["model", "add"], ["model", "list"], ["model", "show"],
+    assert "image" in top.stdout
+    for args in (["server", "run"], ["server", "start"], ["server", "install"], ["server", "stop"],
+                 ["server", "status"], ["server", "logs"], ["server", "uninstall"],
+                 ["model", "add"], ["model", "list"], ["model", "show"],
                  ["dataset", "import"], ["dataset", "list"], ["citizen", "run"],
-                 ["citizen", "spawn"], ["results", "export"], ["status"], ["run"]):
+                 ["citizen", "spawn"], ["citizen", "list"], ["citizen", "stop"],
+                 ["citizen", "start"], ["citizen", "remove"], ["citizen", "logs"],
+                 ["image", "build"], ["results", "export"], ["status"], ["run"]):
         done = civic(*args, "--help")
         assert done.returncode == 0 and "Usage" in done.stdout, args
-    for args in (["model", "list"], ["dataset", "list"], ["status"]):
+    for args in (["model", "list"], ["dataset", "list"], ["status"], ["citizen", "list"],
+                 ["server", "status"]):
         assert "--json" in civic(*args, "--help").stdout
