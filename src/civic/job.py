@@ -70,7 +70,7 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
     spawned = []
     try:
         spawned = runtime.spawn(f"{host}:{port}", names, settings.citizens_dir,
-                                log_dir=settings.home / "logs")
+                                log_dir=settings.home / "logs", token=catalog.join_token(url))
         event(f"server on {host}:{port}, {citizens} citizens (logs in {settings.home / 'logs'})")
         while True:
             progress = catalog.progress(url, imported.id)

@@ -51,6 +51,7 @@ def test_install_compute_export_and_uninstall(lab: Civic, engine: Any, local: di
 
     ok(lab("model", "add", str(ALPHABET)))
     ok(lab("dataset", "import", "alphabet", str(ALPHABET / "letters.csv")))
+    lab.env["CIVIC_TOKEN"] = ok(lab("server", "token")).strip()  # handed to volunteers
     # As a volunteer types it: a server on this machine's loopback is reached via the host network.
     ok(lab("citizen", "spawn", "--count", "4", f"127.0.0.1:{port}"))
     citizens = lab.json("citizen", "list")

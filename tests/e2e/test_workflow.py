@@ -57,6 +57,9 @@ def test_server_and_spawned_citizens_as_separate_commands(civic: Civic) -> None:
     imported = civic.json("dataset", "import", "alphabet", str(ALPHABET / "letters.csv"))
     assert (imported["records"], imported["duties"], imported["quorum"]) == (26, 26, 2)
 
+    token = civic("server", "token")
+    assert token.returncode == 0 and len(token.stdout.strip()) >= 20, token.stderr
+    civic.env["CIVIC_TOKEN"] = token.stdout.strip()  # as a volunteer is told to
     spawn = civic.start("citizen", "spawn", "--runtime", "process", "--count", "2",
                         f"127.0.0.1:{port}")
     finished = civic.wait_done(imported["id"])

@@ -41,13 +41,15 @@ async def running_server(url: str, **options) -> AsyncIterator[Server]:
 class Client:
     """A hand-driven citizen: raw frames over a TCP stream."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 token: str | None = None) -> None:
+        self.reader, self.writer, self.token = reader, writer, token
 
     @classmethod
     async def connect(cls, server: Server) -> Client:
         host, port = server.address
-        return cls(*await asyncio.open_connection(host, port))
+        token = await asyncio.to_thread(catalog.join_token, server.url)
+        return cls(*await asyncio.open_connection(host, port), token=token)
 
     async def send(self, message: p.Message) -> None:
         await p.send(self.writer, message)
@@ -61,7 +63,8 @@ class Client:
 
     async def hello(self, name: str = "client", citizen_id: str | None = None,
                     secret: str | None = None) -> p.Welcome:
-        await self.send(p.Hello(p.PROTOCOL_VERSION, name, "test", citizen_id, secret))
+        await self.send(p.Hello(p.PROTOCOL_VERSION, name, "test", citizen_id, secret,
+                                self.token))
         welcome = await self.recv()
         assert isinstance(welcome, p.Welcome), welcome
         return welcome
@@ -444,8 +447,9 @@ def test_the_reaper_releases_overdue_replicas(alphabet, database_url, h):
 async def run_agents(server: Server, url: str, dataset_id: int, homes, timeout: float):
     """Run one Agent per home until the dataset has no pending duty; returns its progress."""
     host, port = server.address
+    token = await asyncio.to_thread(catalog.join_token, url)
     agents = [asyncio.create_task(Agent(AgentOptions(
-        address=f"{host}:{port}", home=home, name=home.name, prefetch=2)).run())
+        address=f"{host}:{port}", home=home, name=home.name, prefetch=2, token=token)).run())
         for home in homes]
     try:
         async def finished():

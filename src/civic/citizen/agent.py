@@ -211,6 +211,16 @@ def _platform() -> str:
     return f"{platform.system().lower()}-{platform.machine()} python{platform.python_version()}"
 
 
+def read_token(path: Path | None) -> str | None:
+    """The join token: from a file (never the command line, which ``ps`` shows), or CIVIC_TOKEN."""
+    if path is None:
+        return os.environ.get("CIVIC_TOKEN") or None
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise CivicError(f"cannot read the token file {path}: {exc.strerror}") from None
+
+
 def default_home(name: str) -> Path:
     base = os.environ.get("CIVIC_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share",
                                                         "civic")
@@ -257,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, help="identity, bundle cache and work directory")
     parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
     parser.add_argument("--work", type=Path, help="scratch directory (default: HOME/work)")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the join token (default: $CIVIC_TOKEN)")
     parser.add_argument("--parent", type=int, help="stop when this process id is gone")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -264,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s citizen {args.name}: %(message)s", datefmt="%H:%M:%S")
     try:
         p.parse_address(args.address)
+        token = read_token(args.token_file)
     except CivicError as exc:
         parser.error(str(exc))
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
-                            max(1, args.prefetch), token=os.environ.get("CIVIC_TOKEN"),
+                            max(1, args.prefetch), token=token,
                             work=args.work, parent=args.parent))
 
 

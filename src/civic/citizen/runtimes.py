@@ -31,7 +31,8 @@ class Runtime(Protocol):
     name: str
 
     def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None, prefetch: int = 1) -> list[Spawned]: ...
+              log_dir: Path | None = None, prefetch: int = 1,
+              token: str | None = None) -> list[Spawned]: ...
 
     def stop(self, citizens: list[Spawned], timeout: float = 10.0) -> None: ...
 
@@ -42,13 +43,14 @@ class ProcessRuntime:
     name = "process"
 
     def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None, prefetch: int = 1) -> list[Spawned]:
+              log_dir: Path | None = None, prefetch: int = 1,
+              token: str | None = None) -> list[Spawned]:
         spawned: list[Spawned] = []
         try:
             for name in names:
                 home = homes / name
                 log = (log_dir / f"{name}.log") if log_dir else None
-                process = self._start(address, name, home, log, prefetch)
+                process = self._start(address, name, home, log, prefetch, token)
                 spawned.append(Spawned(name, home, process, log))
         except BaseException:
             self.stop(spawned)
@@ -56,8 +58,8 @@ class ProcessRuntime:
         return spawned
 
     @staticmethod
-    def _start(address: str, name: str, home: Path, log: Path | None,
-               prefetch: int) -> subprocess.Popen[bytes]:
+    def _start(address: str, name: str, home: Path, log: Path | None, prefetch: int,
+               token: str | None) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "civic.citizen.agent", address, "--name", name,
                    "--home", str(home), "--prefetch", str(prefetch), "--parent", str(os.getpid())]
@@ -66,8 +68,9 @@ class ProcessRuntime:
             log.parent.mkdir(parents=True, exist_ok=True)
             out = open(log, "ab")
         try:
+            env = {**os.environ, **({"CIVIC_TOKEN": token} if token else {})}  # not argv: ps
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    env=os.environ.copy())
+                                    env=env)
         finally:
             if out is not None:
                 out.close()

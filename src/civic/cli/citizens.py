@@ -28,6 +28,9 @@ PREFETCH = Annotated[int, typer.Option("--prefetch", min=1, max=32,
 NAMES = Annotated[Optional[list[str]], typer.Argument(help="Citizen names (see citizen list).")]
 ALL = Annotated[bool, typer.Option("--all", help="Every citizen of this instance.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TOKEN_FILE = Annotated[Optional[Path], typer.Option(
+    "--token-file", help="File holding the join token (default: $CIVIC_TOKEN; never on the "
+                         "command line, where ps would show it).")]
 
 
 @app.command("run")
@@ -37,13 +40,15 @@ def run(
     name: Annotated[Optional[str], typer.Option("--name", help="Name shown on the server "
                                                 "(default: this host's name).")] = None,
     prefetch: PREFETCH = 1,
+    token_file: TOKEN_FILE = None,
 ) -> None:
     """Run one citizen in the foreground. Ctrl-C stops it."""
     c: Context = ctx.obj
     parse_address(address)
     name = name or socket.gethostname()
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
-    status = agent.run(agent.AgentOptions(address, c.settings.citizens_dir / name, name, prefetch))
+    status = agent.run(agent.AgentOptions(address, c.settings.citizens_dir / name, name, prefetch,
+                                          token=agent.read_token(token_file)))
     raise typer.Exit(status)
 
 
@@ -72,6 +77,7 @@ def spawn(
         "--network", help="host, none or a network name (docker; default: bridge).")] = None,
     log_dir: Annotated[Optional[Path], typer.Option(
         "--log-dir", help="Write each citizen's log here (process).")] = None,
+    token_file: TOKEN_FILE = None,
     json: JSON = False,
 ) -> None:
     """Start COUNT citizens working for the server at HOST:PORT. Containers keep running (and
@@ -86,16 +92,18 @@ def spawn(
     if runtime not in ("docker", "process"):
         raise UsageError(f"--runtime must be docker or process, not {runtime!r}")
     prefix = prefix or socket.gethostname()
+    token = agent.read_token(token_file)
     if runtime == "process":
         _spawn_processes(c, address, [f"{prefix}-{i}" for i in range(1, count + 1)],
-                         prefetch, log_dir)
+                         prefetch, log_dir, token)
         return
     docker = DockerRuntime(engine.client(), c.settings.instance, image,
                            Limits(cpus=cpus, memory=memory, pids=pids), network)
     if image == images.CITIZEN_IMAGE and not images.exists(docker.engine, image):
         with c.err.status(f"building {image}…"):
             images.build_citizen(docker.engine, base=base)
-    started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch)
+    started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch,
+                           token=token)
     if json:
         c.print_json([vars(s) for s in started])
         return
@@ -107,9 +115,9 @@ def spawn(
 
 
 def _spawn_processes(c: Context, address: str, names: list[str], prefetch: int,
-                     log_dir: Path | None) -> None:
+                     log_dir: Path | None, token: str | None) -> None:
     runner = ProcessRuntime()
-    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch)
+    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch, token)
     table = Table("citizen", "pid", "home", title=f"{len(names)} citizen(s) working for {address}")
     for s in spawned:
         table.add_row(s.name, str(s.process.pid), str(s.home))

@@ -59,6 +59,15 @@ def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
     run(ctx, host, port, grace, database_url)
 
 
+@app.command("token")
+def token(ctx: typer.Context,
+          rotate: Annotated[bool, typer.Option("--rotate", help="Replace it: citizens that "
+                                               "already joined keep working.")] = False) -> None:
+    """Print the join token new citizens need (give it to volunteers as CIVIC_TOKEN)."""
+    c: Context = ctx.obj
+    c.out.file.write(catalog.join_token(c.database_url(), rotate) + "\n")
+
+
 @app.command("install")
 def install(
     ctx: typer.Context,

@@ -83,9 +83,11 @@ class Server:
         """Connect to PostgreSQL and listen; returns the address actually bound."""
         try:
             await self.pool.open(wait=True, timeout=15)
-        except PoolTimeout as exc:
+            async with self.pool.connection() as db:
+                await work.ensure_join_token(db)  # the first start creates it
+        except (PoolTimeout, psycopg.Error) as exc:
             await self.pool.close()
-            raise StoreError(f"cannot reach PostgreSQL at {redact(self.url)}") from exc
+            raise StoreError(f"cannot reach PostgreSQL at {redact(self.url)}: {exc}") from exc
         try:
             self._listener = await asyncio.start_server(
                 self._serve, self.options.host, self.options.port, reuse_address=True,
@@ -198,7 +200,7 @@ class Server:
         async with self.pool.connection() as db:
             conn.citizen_id, secret = await work.register(
                 db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
-                platform=text(hello.platform, 100), address=conn.peer)
+                platform=text(hello.platform, 100), address=conn.peer, token=hello.token)
         conn.name = text(hello.name, 100)
         log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
                  "joined" if secret else "connected", conn.peer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,14 @@ def _cell(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return "" if value is None else value
     return json.dumps(value, ensure_ascii=False)
+
+
+def join_token(url: str, rotate: bool = False) -> str:
+    """The join token new citizens need; created if missing, replaced with ``rotate``."""
+    with transaction(url) as conn:
+        conn.execute(q("rotate_join_token" if rotate else "ensure_join_token"),
+                     {"token": secrets.token_urlsafe(24)})
+        return conn.execute(q("join_token")).fetchone()[0]
 
 
 def status(url: str) -> dict[str, Any]:

@@ -23,13 +23,19 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+async def ensure_join_token(conn: AsyncConnection) -> None:
+    """Create the join token unless one exists (the first server start does this)."""
+    await conn.execute(q("ensure_join_token"), {"token": secrets.token_urlsafe(24)})
+
+
 async def register(conn: AsyncConnection, *, citizen_id: str | None, secret: str | None,
-                   name: str, platform: str, address: str) -> tuple[str, str | None]:
+                   name: str, platform: str, address: str,
+                   token: str | None = None) -> tuple[str, str | None]:
     """Authenticate a citizen by its credential, or issue a new identity on first contact.
 
     Returns the citizen id and, for a new identity only, its secret (stored here only hashed).
-    An id the store does not know (a fresh database) gets a new identity; a known id with a
-    wrong secret is refused, so no one can act as another citizen.
+    A known id with a wrong secret is refused, so no one can act as another citizen. A new
+    identity (no id, or one this store never issued) needs the join token once one exists.
     """
     if citizen_id:
         try:
@@ -44,6 +50,10 @@ async def register(conn: AsyncConnection, *, citizen_id: str | None, secret: str
                                                    "name": name, "platform": platform,
                                                    "address": address})
             return citizen_id, None
+    row = await (await conn.execute(q("join_token"))).fetchone()
+    if row is not None and not hmac.compare_digest((token or "").encode(), row[0].encode()):
+        raise Refused("a valid join token is needed to join this server (the admin gets it "
+                      "with `civic server token`; citizens take it from CIVIC_TOKEN)")
     new_id, new_secret = str(uuid.uuid4()), secrets.token_urlsafe(32)
     await conn.execute(q("insert_citizen"), {"id": new_id, "secret_sha256": _hash(new_secret),
                                              "name": name, "platform": platform,

@@ -253,3 +253,14 @@ SELECT count(*) AS total,
        count(*) FILTER (WHERE state = 'inconclusive') AS inconclusive,
        count(*) FILTER (WHERE state = 'failed') AS failed
 FROM duties WHERE dataset_id = %(dataset_id)s;
+
+-- name: ensure_join_token
+INSERT INTO server_settings (key, value) VALUES ('join_token', %(token)s)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: rotate_join_token
+INSERT INTO server_settings (key, value) VALUES ('join_token', %(token)s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now();
+
+-- name: join_token
+SELECT value FROM server_settings WHERE key = 'join_token';
