@@ -93,3 +93,20 @@ def test_every_command_has_help_and_listings_have_json(civic: Civic) -> None:
     for args in (["model", "list"], ["dataset", "list"], ["status"], ["citizen", "list"],
                  ["server", "status"]):
         assert "--json" in civic(*args, "--help").stdout
+
+
+def test_a_wrong_join_token_is_refused_and_never_echoed(civic: Civic) -> None:
+    from civic_cli import free_port, wait_for_line
+
+    port = free_port()
+    server = civic.start("server", "start", "--host", "127.0.0.1", "--port", str(port))
+    wait_for_line(server, f"listening on 127.0.0.1:{port}")
+    token = civic("server", "token").stdout.strip()
+    civic.env["CIVIC_TOKEN"] = "not-the-token-42"
+    done = civic("citizen", "run", f"127.0.0.1:{port}", "--name", "intruder", timeout=60)
+    fails(done, 7, "join token")
+    assert "not-the-token-42" not in done.stderr and token not in done.stderr
+    server.terminate()
+    log = server.communicate(timeout=60)[0]
+    assert "refused" in log or "join token" in log
+    assert token not in log and "not-the-token-42" not in log

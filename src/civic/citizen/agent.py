@@ -16,6 +16,7 @@ import platform
 import random
 import signal
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class AgentOptions:
     backoff_cap: float = 30.0
     token: str | None = None
     work: Path | None = None  # per-duty scratch directories (default: HOME/work)
+    tls: bool = False  # speak TLS, checking the server against ``ca`` or the system's roots
+    ca: Path | None = None
     parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
 
 
@@ -55,7 +58,7 @@ class Agent:
         self.bundles = options.home / "bundles"
         self.work = options.work or options.home / "work"
         self.unacked: dict[int, p.Result] = {}
-        self.current: set[int] = set()
+        self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
         self.failures = 0
 
     async def run(self) -> None:
@@ -63,9 +66,9 @@ class Agent:
         self.options.home.mkdir(parents=True, exist_ok=True)
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), 10)
-            except (OSError, asyncio.TimeoutError) as exc:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    self.host, self.port, ssl=self._tls()), 10)
+            except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
                 await self._backoff(f"cannot reach {self.host}:{self.port} ({exc or 'timeout'})")
                 continue
             try:
@@ -81,6 +84,15 @@ class Agent:
             finally:
                 writer.close()
             await self._backoff(reason)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.options.tls:
+            return None
+        try:
+            return ssl.create_default_context(
+                cafile=str(self.options.ca) if self.options.ca else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise CivicError(f"cannot load the CA file {self.options.ca}: {exc}") from None
 
     async def _backoff(self, reason: str) -> None:
         delay = min(self.options.backoff_cap, self.options.backoff_base * 2 ** self.failures)
@@ -101,6 +113,7 @@ class Agent:
             raise ProtocolError(f"expected welcome, got {welcome.type}")
         if welcome.secret:
             self._save_identity(welcome.citizen_id, welcome.secret)
+        self.held = set(self.unacked)  # what the last connection held and is not ours any more
         log.info("connected to %s:%s as %s (%s)", self.host, self.port, self.options.name,
                  welcome.citizen_id[:8])
         self.failures = 0
@@ -114,6 +127,7 @@ class Agent:
                 if isinstance(message, p.NoWork):
                     await asyncio.sleep(message.retry_after * random.uniform(0.8, 1.2))
                 elif isinstance(message, p.Duty):
+                    self.held.update(a.replica_id for a in message.assignments)
                     for assignment in message.assignments:
                         result = await self._compute(reader, writer, assignment)
                         self.unacked[result.replica_id] = result
@@ -138,7 +152,7 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionError, OSError):
-                await p.send(writer, p.Heartbeat(sorted(self.current)))
+                await p.send(writer, p.Heartbeat(sorted(self.held)))
 
     async def _submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       result: p.Result) -> None:
@@ -148,12 +162,12 @@ class Agent:
             self._closing(ack)
             raise ProtocolError("server closed before acknowledging a result")
         self.unacked.pop(result.replica_id, None)
+        self.held.discard(result.replica_id)
         if not ack.accepted:
             log.warning("result for replica %d refused: %s", result.replica_id, ack.reason)
 
     async def _compute(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        assignment: p.Assignment) -> p.Result:
-        self.current.add(assignment.replica_id)
         try:
             bundle_dir = await self._bundle(reader, writer, assignment)
             await build(bundle_dir, assignment.build)
@@ -161,8 +175,6 @@ class Agent:
         except ModelFailed as exc:
             result = p.Result(assignment.replica_id, None, error=str(exc),
                               stderr_tail=exc.stderr_tail)
-        finally:
-            self.current.discard(assignment.replica_id)
         log.info("duty %d (replica %d): %s in %.2fs", assignment.duty_id, assignment.replica_id,
                  result.error or "ok", result.elapsed)
         return result
@@ -269,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="scratch directory (default: HOME/work)")
     parser.add_argument("--token-file", type=Path,
                         help="file holding the join token (default: $CIVIC_TOKEN)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca", type=Path, help="CA file to check the server's certificate "
+                                                "(default: the system's roots)")
     parser.add_argument("--parent", type=int, help="stop when this process id is gone")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -281,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
                             max(1, args.prefetch), token=token,
-                            work=args.work, parent=args.parent))
+                            work=args.work, tls=args.tls or args.ca is not None, ca=args.ca,
+                            parent=args.parent))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ named volume of its own for its identity and bundle cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
@@ -84,14 +85,15 @@ class DockerRuntime:
         return names
 
     def spawn(self, address: str, names: list[str], *, prefetch: int = 1,
-              token: str | None = None) -> list[CitizenContainer]:
+              token: str | None = None, tls: bool = False,
+              ca: Path | None = None) -> list[CitizenContainer]:
         """Start one container per name; on any failure remove what this call created."""
         ensure_image(self.engine, self.image, "build it with `civic image build` or choose "
                                               "another with --image")
         created: list[Any] = []
         try:
             for name in names:
-                created.extend(self._start(address, name, prefetch, token))
+                created.extend(self._start(address, name, prefetch, token, tls, ca))
         except BaseException:
             for thing in reversed(created):
                 with errors("cleaning up"):
@@ -99,7 +101,8 @@ class DockerRuntime:
             raise
         return [_describe(c) for c in created if is_container(c)]
 
-    def _start(self, address: str, name: str, prefetch: int, token: str | None) -> list[Any]:
+    def _start(self, address: str, name: str, prefetch: int, token: str | None, tls: bool,
+               ca: Path | None) -> list[Any]:
         tags = labels(self.instance, ROLE, **{LABEL_SERVER: address, LABEL_NAME: name})
         made: list[Any] = []
         with errors(f"creating citizen {name}"):
@@ -108,9 +111,16 @@ class DockerRuntime:
             network = self.network or self.default_network(address)
             placement = ({"network_mode": network} if network in ("host", "none", "bridge")
                          else {"network": network})
+            command = [address, "--name", name, "--prefetch", str(prefetch),
+                       "--work", "/tmp/work"]  # inputs and outputs stay in the tmpfs
+            mounts = {volume.name: {"bind": "/civic", "mode": "rw"}}
+            if tls:
+                command.append("--tls")
+            if ca is not None:
+                mounts[str(ca.resolve())] = {"bind": "/etc/civic/ca.pem", "mode": "ro"}
+                command += ["--ca", "/etc/civic/ca.pem"]
             made.append(self.engine.containers.run(
-                self.image, [address, "--name", name, "--prefetch", str(prefetch),
-                             "--work", "/tmp/work"],  # inputs and outputs stay in the tmpfs
+                self.image, command,
                 name=self.container_name(name), detach=True, labels=tags,
                 environment={"CIVIC_TOKEN": token} if token else {},
                 restart_policy={"Name": "unless-stopped"},
@@ -118,7 +128,7 @@ class DockerRuntime:
                 memswap_limit=self.limits.memory, pids_limit=self.limits.pids,
                 read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.limits.tmpfs}"},
                 cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                volumes={volume.name: {"bind": "/civic", "mode": "rw"}}, **placement))
+                volumes=mounts, **placement))
         return made
 
     def list(self) -> list[CitizenContainer]:

@@ -32,7 +32,8 @@ class Runtime(Protocol):
 
     def spawn(self, address: str, names: list[str], homes: Path,
               log_dir: Path | None = None, prefetch: int = 1,
-              token: str | None = None) -> list[Spawned]: ...
+              token: str | None = None, tls: bool = False,
+              ca: Path | None = None) -> list[Spawned]: ...
 
     def stop(self, citizens: list[Spawned], timeout: float = 10.0) -> None: ...
 
@@ -44,13 +45,15 @@ class ProcessRuntime:
 
     def spawn(self, address: str, names: list[str], homes: Path,
               log_dir: Path | None = None, prefetch: int = 1,
-              token: str | None = None) -> list[Spawned]:
+              token: str | None = None, tls: bool = False,
+              ca: Path | None = None) -> list[Spawned]:
+        """Start one agent per name (speaking TLS when ``tls``, checked against ``ca``)."""
         spawned: list[Spawned] = []
         try:
             for name in names:
                 home = homes / name
                 log = (log_dir / f"{name}.log") if log_dir else None
-                process = self._start(address, name, home, log, prefetch, token)
+                process = self._start(address, name, home, log, prefetch, token, tls, ca)
                 spawned.append(Spawned(name, home, process, log))
         except BaseException:
             self.stop(spawned)
@@ -59,10 +62,11 @@ class ProcessRuntime:
 
     @staticmethod
     def _start(address: str, name: str, home: Path, log: Path | None, prefetch: int,
-               token: str | None) -> subprocess.Popen[bytes]:
+               token: str | None, tls: bool, ca: Path | None) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "civic.citizen.agent", address, "--name", name,
                    "--home", str(home), "--prefetch", str(prefetch), "--parent", str(os.getpid())]
+        command += (["--tls"] if tls else []) + (["--ca", str(ca)] if ca else [])
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

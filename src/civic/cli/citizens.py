@@ -28,6 +28,10 @@ PREFETCH = Annotated[int, typer.Option("--prefetch", min=1, max=32,
 NAMES = Annotated[Optional[list[str]], typer.Argument(help="Citizen names (see citizen list).")]
 ALL = Annotated[bool, typer.Option("--all", help="Every citizen of this instance.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TLS = Annotated[bool, typer.Option("--tls", help="Connect with TLS (checked against the "
+                                                "system's roots, or --ca).")]
+CA = Annotated[Optional[Path], typer.Option("--ca", help="CA file that signed the server's "
+                                            "certificate (implies --tls).")]
 TOKEN_FILE = Annotated[Optional[Path], typer.Option(
     "--token-file", help="File holding the join token (default: $CIVIC_TOKEN; never on the "
                          "command line, where ps would show it).")]
@@ -41,6 +45,8 @@ def run(
                                                 "(default: this host's name).")] = None,
     prefetch: PREFETCH = 1,
     token_file: TOKEN_FILE = None,
+    tls: TLS = False,
+    ca: CA = None,
 ) -> None:
     """Run one citizen in the foreground. Ctrl-C stops it."""
     c: Context = ctx.obj
@@ -48,7 +54,8 @@ def run(
     name = name or socket.gethostname()
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
     status = agent.run(agent.AgentOptions(address, c.settings.citizens_dir / name, name, prefetch,
-                                          token=agent.read_token(token_file)))
+                                          token=agent.read_token(token_file),
+                                          tls=tls or ca is not None, ca=ca))
     raise typer.Exit(status)
 
 
@@ -78,6 +85,8 @@ def spawn(
     log_dir: Annotated[Optional[Path], typer.Option(
         "--log-dir", help="Write each citizen's log here (process).")] = None,
     token_file: TOKEN_FILE = None,
+    tls: TLS = False,
+    ca: CA = None,
     json: JSON = False,
 ) -> None:
     """Start COUNT citizens working for the server at HOST:PORT. Containers keep running (and
@@ -93,9 +102,12 @@ def spawn(
         raise UsageError(f"--runtime must be docker or process, not {runtime!r}")
     prefix = prefix or socket.gethostname()
     token = agent.read_token(token_file)
+    if ca is not None and not ca.is_file():
+        raise UsageError(f"{ca}: no such CA file")
+    tls = tls or ca is not None
     if runtime == "process":
         _spawn_processes(c, address, [f"{prefix}-{i}" for i in range(1, count + 1)],
-                         prefetch, log_dir, token)
+                         prefetch, log_dir, token, tls, ca)
         return
     docker = DockerRuntime(engine.client(), c.settings.instance, image,
                            Limits(cpus=cpus, memory=memory, pids=pids), network)
@@ -103,7 +115,7 @@ def spawn(
         with c.err.status(f"building {image}…"):
             images.build_citizen(docker.engine, base=base)
     started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch,
-                           token=token)
+                           token=token, tls=tls, ca=ca)
     if json:
         c.print_json([vars(s) for s in started])
         return
@@ -115,9 +127,11 @@ def spawn(
 
 
 def _spawn_processes(c: Context, address: str, names: list[str], prefetch: int,
-                     log_dir: Path | None, token: str | None) -> None:
+                     log_dir: Path | None, token: str | None, tls: bool, ca: Path | None
+                     ) -> None:
     runner = ProcessRuntime()
-    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch, token)
+    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch, token,
+                           tls, ca)
     table = Table("citizen", "pid", "home", title=f"{len(names)} citizen(s) working for {address}")
     for s in spawned:
         table.add_row(s.name, str(s.process.pid), str(s.home))

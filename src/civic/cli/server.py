@@ -29,6 +29,9 @@ DATABASE = Annotated[Optional[str], typer.Option(
     "--database-url", help="PostgreSQL to use (same as civic --database-url).")]
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 YES = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+TLS_CERT = Annotated[Optional[str], typer.Option(
+    "--tls-cert", help="Serve TLS with this certificate (PEM); needs --tls-key.")]
+TLS_KEY = Annotated[Optional[str], typer.Option("--tls-key", help="The certificate's key (PEM).")]
 
 
 def _installation(c: Context) -> Installation:
@@ -37,18 +40,23 @@ def _installation(c: Context) -> Installation:
 
 @app.command("run")
 def run(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
-        grace: GRACE = 30.0, database_url: DATABASE = None) -> None:
+        grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
+        tls_key: TLS_KEY = None) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM (then it drains and exits 0).
     This is what the server container runs."""
     c: Context = ctx.obj
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
     url = c.database_url(database_url)
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
-    serve(url, ServerOptions(host=host, port=port, grace=grace))
+    serve(url, ServerOptions(host=host, port=port, grace=grace, tls_cert=tls_cert,
+                             tls_key=tls_key))
 
 
 @app.command("start")
 def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
-          grace: GRACE = 30.0, database_url: DATABASE = None) -> None:
+          grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
+          tls_key: TLS_KEY = None) -> None:
     """Start the installed server containers; without an installation, run the server here in
     the foreground (as `civic server run`)."""
     c: Context = ctx.obj
@@ -56,7 +64,7 @@ def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
         for name in _installation(c).start():
             c.out.print(f"started {name}")
         return
-    run(ctx, host, port, grace, database_url)
+    run(ctx, host, port, grace, database_url, tls_cert, tls_key)
 
 
 @app.command("token")

@@ -16,7 +16,8 @@ def text(value: str, limit: int = 64 * 1024) -> str:
     return value[:limit].replace("\x00", "\ufffd")
 
 
-async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tuple[bool, str]:
+async def submit(conn: AsyncConnection, citizen_id: str, result: Result,
+                 cooldown: float = 300.0) -> tuple[bool, str]:
     """Store one replica's result and settle its duty when a quorum agrees.
 
     Returns (accepted, what happened). Only the citizen holding the replica may submit, once.
@@ -40,7 +41,7 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tupl
         await conn.execute(q("count_error"), {"id": citizen_id})
         if row["state"] == "leased":  # an expired replica's failure was counted already
             await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": 1, "error": error})
-        return True, f"error: {error}"
+        return True, f"error: {error}" + await _cool_down(conn, [citizen_id], cooldown)
 
     tolerance = row["manifest"].get("tolerance")
     key = quorum.digest(result.output)
@@ -68,7 +69,9 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tupl
     if verdict.action == "settle":
         await conn.execute(q("settle_duty"), {"duty_id": duty_id, "replica_id": verdict.replica_id,
                                               "digest": verdict.digest})
-        return True, f"duty {duty_id} done"
+        judged = [r[0] for r in await (await conn.execute(q("duty_citizens"),
+                                                           {"duty_id": duty_id})).fetchall()]
+        return True, f"duty {duty_id} done" + await _cool_down(conn, judged, cooldown)
     if verdict.action == "more":
         await conn.execute(q("open_slots"), {"duty_id": duty_id, "slots": verdict.slots})
         return True, f"duty {duty_id}: results disagree, {verdict.slots} more replica(s)"
@@ -76,3 +79,16 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result) -> tupl
         await conn.execute(q("inconclusive"), {"duty_id": duty_id})
         return True, f"duty {duty_id} inconclusive"
     return True, f"duty {duty_id}: waiting for more results"
+
+
+COOLDOWN_WINDOW = 10  # a citizen is judged on its last ten judged replicas...
+COOLDOWN_THRESHOLD = 5  # ...and rests when half of them disagreed or failed where others did not
+
+
+async def _cool_down(conn: AsyncConnection, citizen_ids: list[str], seconds: float) -> str:
+    """Put citizens that keep failing or disagreeing on a cool-down; says whom, for the log."""
+    rested = await (await conn.execute(q("cool_down"), {
+        "ids": citizen_ids, "seconds": seconds, "window": COOLDOWN_WINDOW,
+        "threshold": COOLDOWN_THRESHOLD})).fetchall()
+    return "".join(f"; citizen {name} rests {seconds:.0f}s (keeps failing or disagreeing)"
+                   for _, name in rested)

@@ -7,7 +7,9 @@ the replicas leased on it, so that they are released at once when the citizen go
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ssl
 import errno
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,7 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from civic import protocol as p
-from civic.errors import AddressInUse, ProtocolError, Refused, StoreError
+from civic.errors import AddressInUse, ProtocolError, Refused, StoreError, UsageError
 from civic.server import assimilate
 from civic.server.assimilate import text
 from civic.store import redact, work
@@ -41,6 +43,11 @@ class ServerOptions:
     max_frame: int = p.MAX_FRAME
     max_prefetch: int = 32
     pool_size: int = 10
+    max_connections: int = 2048  # in total; more are closed at once
+    max_handshakes: int = 16  # connections per address that have not said hello yet
+    cooldown: float = 300.0  # seconds a citizen that keeps failing or disagreeing rests
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -48,8 +55,10 @@ class Connection:
     """One citizen's connection and the replicas leased on it."""
 
     writer: asyncio.StreamWriter
+    address: str
     peer: str
     citizen_id: str = ""
+    greeted: bool = False  # said hello and was welcomed
     name: str = "?"
     leased: set[int] = field(default_factory=set)
     said_bye: bool = False
@@ -67,6 +76,7 @@ class Server:
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.options.pool_size,
                                         open=False)
         self.connections: set[Connection] = set()
+        self._handshaking: collections.Counter[str] = collections.Counter()
         self.draining = asyncio.Event()
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
@@ -81,6 +91,7 @@ class Server:
 
     async def start(self) -> tuple[str, int]:
         """Connect to PostgreSQL and listen; returns the address actually bound."""
+        tls = self._tls()  # a bad certificate fails before anything is opened
         try:
             await self.pool.open(wait=True, timeout=15)
             async with self.pool.connection() as db:
@@ -91,7 +102,8 @@ class Server:
         try:
             self._listener = await asyncio.start_server(
                 self._serve, self.options.host, self.options.port, reuse_address=True,
-                limit=64 * 1024)
+                limit=64 * 1024, ssl=tls,
+                ssl_handshake_timeout=self.options.handshake_timeout if tls else None)
         except OSError as exc:
             await self.pool.close()
             if exc.errno == errno.EADDRINUSE:
@@ -102,6 +114,18 @@ class Server:
         self._spawn(self._reaper())
         log.info("listening on %s:%s", *self.address)
         return self.address
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context, when a certificate and key were given."""
+        if not self.options.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load the TLS certificate {self.options.tls_cert} / key "
+                             f"{self.options.tls_key}: {exc}") from None
+        return context
 
     async def run(self) -> None:
         """Serve until ``request_stop``; then drain and stop."""
@@ -155,10 +179,17 @@ class Server:
                 log.warning("reaper: database unavailable: %s", exc)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
-        conn = Connection(writer, peer)
+        address, port = writer.get_extra_info("peername")[:2]
+        peer = f"{address}:{port}"
+        if (len(self.connections) >= self.options.max_connections
+                or self._handshaking[address] >= self.options.max_handshakes):
+            log.debug("%s: too many connections; closed at once", peer)
+            writer.close()  # costs nothing more: no buffer, no task beyond this one
+            return
+        conn = Connection(writer, address, peer)
         self.connections.add(conn)
         log.info("connection from %s", peer)
+        self._handshaking[address] += 1
         try:
             await self._session(conn, reader)
         except p.ConnectionClosed:
@@ -183,6 +214,8 @@ class Server:
             with contextlib.suppress(Exception):
                 await conn.send(p.Error("internal", "internal server error"))
         finally:
+            if not conn.greeted:
+                self._handshaking[address] -= 1
             writer.close()
             await self._forget(conn)
             self.connections.discard(conn)  # only now: stop() waits for the release above
@@ -202,6 +235,8 @@ class Server:
                 db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
                 platform=text(hello.platform, 100), address=conn.peer, token=hello.token)
         conn.name = text(hello.name, 100)
+        conn.greeted = True  # no longer counted against the handshake cap
+        self._handshaking[conn.address] -= 1
         log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
                  "joined" if secret else "connected", conn.peer)
         await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat))
@@ -263,7 +298,8 @@ class Server:
     async def _on_result(self, conn: Connection, message: p.Result) -> bool:
         try:
             async with self.pool.connection() as db:
-                accepted, what = await assimilate.submit(db, conn.citizen_id, message)
+                accepted, what = await assimilate.submit(db, conn.citizen_id, message,
+                                                         self.options.cooldown)
         except psycopg.DataError as exc:  # this result can never be stored: refuse, don't retry
             accepted, what = False, f"result cannot be stored: {exc}"
         conn.leased.discard(message.replica_id)
@@ -274,6 +310,8 @@ class Server:
     async def _on_heartbeat(self, conn: Connection, message: p.Heartbeat) -> bool:
         async with self.pool.connection() as db:
             await work.seen(db, conn.citizen_id)
+            await work.extend(db, conn.citizen_id, message.replica_ids[:1024],
+                              self.options.lease_margin)
         return True
 
     async def _on_bye(self, conn: Connection, message: p.Bye) -> bool:

@@ -66,6 +66,14 @@ async def seen(conn: AsyncConnection, citizen_id: str, connected: bool = True) -
                                            "name": None, "platform": None, "address": None})
 
 
+async def extend(conn: AsyncConnection, citizen_id: str, replica_ids: list[int],
+                 margin: float) -> None:
+    """Move the deadlines of replicas a citizen is still working on (it sent a heartbeat)."""
+    if replica_ids:
+        await conn.execute(q("extend_leases"), {"ids": replica_ids, "citizen_id": citizen_id,
+                                                "margin": margin})
+
+
 async def lease(conn: AsyncConnection, citizen_id: str, count: int,
                 margin: float) -> list[Assignment]:
     """Lease up to ``count`` replicas to a citizen, each with a deadline of timeout + margin."""

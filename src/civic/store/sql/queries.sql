@@ -85,6 +85,7 @@ LIMIT %(limit)s;
 -- name: list_citizens
 SELECT id, name, platform, address, connected, created_at, last_seen_at,
        valid_count, invalid_count, error_count,
+       CASE WHEN cooldown_until > now() THEN cooldown_until END AS cooldown_until,
        (SELECT count(*) FROM replicas r WHERE r.citizen_id = c.id AND r.state = 'leased') AS leased
 FROM citizens c
 ORDER BY created_at;
@@ -111,6 +112,8 @@ WITH picked AS (
     WHERE u.state = 'pending' AND u.open_slots > 0
       AND NOT EXISTS (SELECT 1 FROM replicas r
                       WHERE r.duty_id = u.id AND r.citizen_id = %(citizen_id)s)
+      AND NOT EXISTS (SELECT 1 FROM citizens c          -- resting citizens get no work
+                      WHERE c.id = %(citizen_id)s AND c.cooldown_until > now())
     ORDER BY u.id
     LIMIT %(count)s
     FOR UPDATE SKIP LOCKED
@@ -264,3 +267,32 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now();
 
 -- name: join_token
 SELECT value FROM server_settings WHERE key = 'join_token';
+
+-- name: extend_leases
+-- A heartbeat from a citizen still holding replicas moves their deadlines on.
+UPDATE replicas r
+SET deadline = greatest(r.deadline,
+                        now() + make_interval(secs => (m.manifest->>'timeout')::float8 + %(margin)s))
+FROM duties u JOIN models m ON m.id = u.model_id
+WHERE r.id = ANY(%(ids)s) AND r.citizen_id = %(citizen_id)s AND r.state = 'leased'
+  AND u.id = r.duty_id;
+
+-- name: cool_down
+-- Citizens whose recent judged replicas mostly disagreed with the quorum, or failed where
+-- others succeeded, rest for a while: they lease nothing until cooldown_until.
+UPDATE citizens c
+SET cooldown_until = now() + make_interval(secs => %(seconds)s)
+WHERE c.id = ANY(%(ids)s)
+  AND (SELECT count(*) FILTER (WHERE recent.bad) FROM (
+         SELECT r.state = 'invalid'
+                OR (r.state = 'error' AND EXISTS (SELECT 1 FROM replicas o
+                                                  WHERE o.duty_id = r.duty_id
+                                                    AND o.state = 'valid')) AS bad
+         FROM replicas r
+         WHERE r.citizen_id = c.id AND r.state IN ('valid', 'invalid', 'error')
+         ORDER BY r.returned_at DESC NULLS LAST, r.id DESC
+         LIMIT %(window)s) recent) >= %(threshold)s
+RETURNING c.id, c.name;
+
+-- name: duty_citizens
+SELECT DISTINCT citizen_id FROM replicas WHERE duty_id = %(duty_id)s;

