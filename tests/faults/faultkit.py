@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -262,11 +261,16 @@ class Cluster:
 
     def cli_json(self, *args: str, attempts: int = 1, pause: float = 2.0) -> Any:
         """A `civic ... --json` listing, retried up to ``attempts`` times."""
+        return self.cli_json_tries(*args, attempts=attempts, pause=pause)[0]
+
+    def cli_json_tries(self, *args: str, attempts: int = 1,
+                       pause: float = 2.0) -> tuple[Any, int]:
+        """A `civic ... --json` listing and the number of tries it took (at most ``attempts``)."""
         last = None
         for attempt in range(attempts):
             last = self.civic(*args, "--json", timeout=60)
             if last.returncode == 0:
-                return json.loads(last.stdout)
+                return json.loads(last.stdout), attempt + 1
             if attempt + 1 < attempts:
                 time.sleep(pause)
         assert last is not None
@@ -333,8 +337,14 @@ def restart_embedded_postgres(pgdata: Path) -> subprocess.CompletedProcess[str]:
     info = postmaster(pgdata)
     assert info is not None, f"no postmaster.pid in {pgdata}"
     socket_dir = info["socket_dir"] or str(pgdata)
-    return pg_ctl(pgdata, "-w", "restart", "-m", "fast", "-o", '-h ""', "-o", f"-k {socket_dir}",
-                  "-l", str(pgdata / "log"))
+    return pg_ctl(pgdata, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"),
+                  "restart", "-m", "fast")
+
+
+def start_embedded_postgres(pgdata: Path, socket_dir: str) -> subprocess.CompletedProcess[str]:
+    """`pg_ctl start` as embedded_postgres/postgres_server.py does it (no TCP, a socket dir)."""
+    return pg_ctl(pgdata, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l",
+                  str(pgdata / "log"), "start")
 
 
 def stop_embedded_postgres(pgdata: Path) -> None:
@@ -370,5 +380,6 @@ def fake_python3(directory: Path, body: str) -> Path:
 
 
 __all__ = ["CIVIC", "Cluster", "Proc", "fake_python3", "free_port", "numbers", "pg_ctl",
-           "postmaster", "restart_embedded_postgres", "rss_kib", "shutil", "square_model",
+           "postmaster", "restart_embedded_postgres", "rss_kib", "square_model",
+           "start_embedded_postgres",
            "stop_embedded_postgres", "wait_until"]

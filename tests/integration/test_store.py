@@ -253,3 +253,20 @@ def test_resolve_dataset_picks_the_latest_or_the_one_asked_for(alphabet, databas
     assert catalog.resolve_dataset(database_url, "alphabet", alphabet.id) == alphabet.id
     with pytest.raises(NotFound):
         catalog.resolve_dataset(database_url, "alphabet", later.id + 100)
+
+
+def test_a_files_extension_beats_the_manifests_format(database_url, tmp_path, h):
+    """The alphabet's manifest says csv; a .jsonl file is still read as JSON Lines, and a
+    broken one is refused with its line — never half-read as CSV."""
+    catalog.add_model(database_url, h.ALPHABET)
+    good = tmp_path / "letters.jsonl"
+    good.write_text('{"letter": "a"}\n{"letter": "b"}\n')
+    imported = catalog.import_dataset(database_url, "alphabet", good)
+    assert (imported.format, imported.records) == ("jsonl", 2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"letter": "a"}\nnot json\n')
+    with pytest.raises(DatasetError, match="line 2"):
+        catalog.import_dataset(database_url, "alphabet", bad)
+    odd = tmp_path / "letters.data"  # no telling extension: the manifest's csv applies
+    odd.write_text("letter\nq\n")
+    assert catalog.import_dataset(database_url, "alphabet", odd).format == "csv"

@@ -31,6 +31,9 @@ def import_(
         "--replication", min=1, help="Replicas per duty (default: the manifest's).")] = None,
     quorum: Annotated[Optional[int], typer.Option(
         "--quorum", min=1, help="Agreeing results needed (default: the manifest's).")] = None,
+    max_replicas: Annotated[Optional[int], typer.Option(
+        "--max-replicas", min=1, help="Most replicas a duty may get when results disagree "
+                                      "(default: the manifest's).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing."""
@@ -40,7 +43,7 @@ def import_(
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     options = dict(fmt=format, records_per_duty=records_per_duty, replication=replication,
-                   quorum=quorum)
+                   quorum=quorum, max_replicas=max_replicas)
     url = c.database_url()
     if c.err.is_terminal and not json:
         columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),

@@ -37,11 +37,13 @@ def status(ctx: typer.Context,
         c.out.print("no citizens seen yet")
         return
     table = Table("citizen", "id", "connected", "last seen", "leased", "valid", "invalid",
-                  "errors", title="citizens")
+                  "errors", "resting", title="citizens")
     now = datetime.now(timezone.utc)
     for r in data["citizens"]:
         ago = int((now - r["last_seen_at"]).total_seconds())
+        rest = r["cooldown_until"]
         table.add_row(r["name"], str(r["id"])[:8], "yes" if r["connected"] else "no",
                       f"{ago}s ago", *(str(r[k]) for k in ("leased", "valid_count",
-                                                            "invalid_count", "error_count")))
+                                                            "invalid_count", "error_count")),
+                      f"{int((rest - now).total_seconds())}s more" if rest else "-")
     c.out.print(table)

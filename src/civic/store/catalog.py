@@ -89,13 +89,13 @@ def show_model(url: str, name: str) -> dict[str, Any]:
 
 def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
                    records_per_duty: int | None = None, replication: int | None = None,
-                   quorum: int | None = None,
+                   quorum: int | None = None, max_replicas: int | None = None,
                    on_bytes: Callable[[int], None] | None = None) -> DatasetImported:
     """Stream a dataset file into duties with COPY, all in one transaction: all or nothing."""
     with connect(url, row_factory=dict_row) as conn:
         row = _latest_model(conn, model)
     manifest = Manifest.from_dict(row["manifest"])
-    fmt = fmt or manifest.input_format or guess_format(path)
+    fmt = fmt or _format_of(path, manifest.input_format)
     per_duty = records_per_duty or manifest.records_per_duty
     replication = replication or manifest.replication
     quorum = quorum or min(manifest.quorum, replication)
@@ -103,7 +103,10 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
         raise UsageError("--records-per-duty, --replication and --quorum must be at least 1")
     if quorum > replication:
         raise UsageError(f"--quorum {quorum} cannot exceed --replication {replication}")
-    max_replicas = max(manifest.max_replicas, replication)
+    if max_replicas is not None and max_replicas < replication:
+        raise UsageError(f"--max-replicas {max_replicas} cannot be below --replication "
+                         f"{replication}")
+    max_replicas = max_replicas or max(manifest.max_replicas, replication)
 
     records = duties = 0
     with transaction(url) as conn:
@@ -123,6 +126,16 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
         conn.execute(q("count_dataset"), {"id": dataset_id, "records": records, "duties": duties})
     return DatasetImported(dataset_id, model, row["version"], fmt, records, duties,
                            replication, quorum)
+
+
+def _format_of(path: Path, manifest_format: str | None) -> str:
+    """A file's own extension says most; the manifest's format covers extensions that don't."""
+    try:
+        return guess_format(path)
+    except UsageError:
+        if manifest_format:
+            return manifest_format
+        raise
 
 
 def list_datasets(url: str, model: str | None = None) -> list[dict[str, Any]]:
