@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 DUTIES = 100
 SILENT = 300
+BIG_FRAMES = 8  # unauthenticated peers each sending a 15 MiB frame of junk
 SILENT_SOURCE = "127.0.0.2"  # caps keyed on the peer address must not hit the real citizens
 
 
@@ -107,6 +108,35 @@ def unknown_type(sock: socket.socket) -> Any:
     return reply(sock, 15)
 
 
+def big_frame(sock: socket.socket) -> Any:
+    """A frame just under the 16 MiB limit, of junk, before any hello: read whole, then refused."""
+    size = 15 * 1024 * 1024
+    try:
+        sock.sendall(struct.pack(">I", size) + b"[" * size)
+    except OSError:
+        pass
+    return reply(sock, 30)
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS every 50 ms; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stopping = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(OSError, AssertionError):
+                self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.join(5)
+        return self.peak
+
+
 def slowloris(sock: socket.socket) -> Any:
     """A hello, one byte a second: the server must hang up within its handshake timeout."""
     started = time.monotonic()
@@ -157,6 +187,8 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
 
     attack = Attack(cluster.port)
     silent: list[socket.socket] = []
+    sampler = PeakRss(server.pid)
+    sampler.start()
     try:
         for _ in range(SILENT):  # a few hundred connections that never speak
             silent.append(attack.connect(SILENT_SOURCE))
@@ -166,6 +198,8 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
         attack.run("huge-prefix", 20, huge_prefix)
         attack.run("unknown-type", 20, unknown_type)
         attack.run("slowloris", 1, slowloris)
+        for i in range(BIG_FRAMES):  # at once, each from its own connection
+            attack.run(f"big-frame-{i}", 1, big_frame)
         time.sleep(3)
         rss_during = rss_kib(server.pid)  # 300 silent sockets and the rest, all at once
         attack.join(90)
@@ -174,6 +208,7 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
     finally:
         for sock in silent:
             sock.close()
+        rss_peak = sampler.stop()
 
     final = cluster.wait_finished(ds, 180)
     assert server.alive, cluster.diagnostics()
@@ -181,7 +216,7 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
     rss_after = rss_kib(server.pid)
     slow = attack.seen.get("slowloris", [{}])[0]
     figures.update(rss_before_kib=rss_before, rss_during_attack_kib=rss_during, rss_after_attack_kib=rss_peak_seen,
-                   rss_after_run_kib=rss_after, rss_growth_kib=rss_after - rss_before,
+                   rss_after_run_kib=rss_after, rss_peak_kib=rss_peak, rss_growth_kib=rss_after - rss_before,
                    slowloris=slow, silent_still_open_after_attack=silent_state.count("open"),
                    done_when_attack_started=at_start["done"])
     assert not attack.errors, attack.errors
@@ -193,6 +228,8 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
                for m, _, _ in huge), huge[:3]
     unknown = attack.seen["unknown-type"]
     assert all(closed and m and m.get("type") == "error" for m, closed, _ in unknown), unknown[:3]
+    big = [attack.seen[f"big-frame-{i}"][0] for i in range(BIG_FRAMES)]
+    assert all(closed and m and m.get("type") == "error" for m, closed, _ in big), big[:3]
     garbage = attack.seen["random-bytes"]
     assert all(closed for _, closed, _ in garbage), garbage[:3]
     assert slow.get("closed") and slow["sent"] < slow["of"], slow  # cut before it finished

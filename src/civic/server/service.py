@@ -215,11 +215,17 @@ class Server:
                 await conn.send(p.Error("internal", "internal server error"))
         finally:
             if not conn.greeted:
-                self._handshaking[address] -= 1
+                self._handshook(address)
             writer.close()
             await self._forget(conn)
             self.connections.discard(conn)  # only now: stop() waits for the release above
             log.info("%s (%s) disconnected", conn.name, peer)
+
+    def _handshook(self, address: str) -> None:
+        """One connection from ``address`` is past its hello (or gone)."""
+        self._handshaking[address] -= 1
+        if self._handshaking[address] <= 0:
+            del self._handshaking[address]  # many peers over time must not grow the table
 
     async def _session(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         opts = self.options
@@ -236,7 +242,7 @@ class Server:
                 platform=text(hello.platform, 100), address=conn.peer, token=hello.token)
         conn.name = text(hello.name, 100)
         conn.greeted = True  # no longer counted against the handshake cap
-        self._handshaking[conn.address] -= 1
+        self._handshook(conn.address)
         log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
                  "joined" if secret else "connected", conn.peer)
         await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat))
