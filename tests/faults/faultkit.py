@@ -29,7 +29,8 @@ from civic_cli import CIVIC, Civic, free_port
 PYTHON = sys.executable  # the venv's interpreter: runs the citizen agent
 # Models run `python3 ...`; citizens find it first in a bin directory of the drill's own that
 # points at a plain interpreter (a pyenv shim costs ~150 ms a start, too slow for 2,000 duties).
-REAL_PYTHON3 = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(PYTHON)
+REAL_PYTHON3 = ("/usr/bin/python3" if os.path.exists("/usr/bin/python3")
+                else os.path.realpath(PYTHON))
 
 SQUARE_MODEL = """\
 import json, os, sys, time

@@ -20,19 +20,20 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 MARKER = f"civicdrill{uuid.uuid4().hex[:12]}"  # in the command line of the forked sleeps
 
-# name -> (civic.yaml lines beyond name/run, files, run command, what the error must say)
-BROKEN: dict[str, tuple[str, dict[str, str], str, list[str]]] = {
-    "crash": ("", {"crash.sh": "echo 'drill: the model fell over on purpose' >&2\nexit 3\n"},
+# name -> (files, run command, what the error must say); each with replication 1,
+# max_attempts 2 (so both citizens try) and a 2 s timeout
+BROKEN: dict[str, tuple[dict[str, str], str, list[str]]] = {
+    "crash": ({"crash.sh": "echo 'drill: the model fell over on purpose' >&2\nexit 3\n"},
               "sh crash.sh {input} {output}", ["exited with code 3"]),
-    "hang": ("", {"hang.py": "import time\ntime.sleep(1000)\n"},
+    "hang": ({"hang.py": "import time\ntime.sleep(1000)\n"},
              "python3 hang.py {input} {output}", ["timed out"]),
-    "badjson": ("", {"bad.py": "import sys\nopen(sys.argv[2], 'w').write('{\"n\": 1, oops')\n"},
+    "badjson": ({"bad.py": "import sys\nopen(sys.argv[2], 'w').write('{\"n\": 1, oops')\n"},
                 "python3 bad.py {input} {output}", ["not valid JSON"]),
-    "huge": ("", {"huge.py": "import json, sys\n"
-                             "json.dump(['x' * 1024] * (9 * 1024), open(sys.argv[2], 'w'))\n"},
+    "huge": ({"huge.py": "import json, sys\n"
+                         "json.dump(['x' * 1024] * (9 * 1024), open(sys.argv[2], 'w'))\n"},
              "python3 huge.py {input} {output}", ["8388608 byte limit"]),
-    "forker": ("", {"fork.sh": "for i in $(seq 50); do (exec -a 'sleep-" + MARKER + "' sleep 1000) &"
-                               " done\nsleep 1000\n"},
+    "forker": ({"fork.sh": "for i in $(seq 50); do (exec -a 'sleep-" + MARKER
+                           + "' sleep 1000) & done\nsleep 1000\n"},
                "bash fork.sh {input} {output}", ["timed out"]),
 }
 
@@ -67,7 +68,7 @@ def write_model(directory: Path, name: str, run: str, files: dict[str, str]) -> 
 def test_broken_model_fails_the_duty_and_spares_the_citizen(
         broken: tuple[Cluster, list[int]], kind: str, figures: dict[str, Any]) -> None:
     cluster, agents = broken
-    _, files, run, needles = BROKEN[kind]
+    files, run, needles = BROKEN[kind]
     cluster.add_model(write_model(cluster.root / kind, kind, run, files))
     ds = cluster.import_dataset(kind, numbers(cluster.root / f"{kind}.json", 1))["id"]
     final = cluster.wait_finished(ds, 60)

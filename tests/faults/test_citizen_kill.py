@@ -33,7 +33,8 @@ def test_citizen_sigkilled_mid_duty(cluster: Cluster, figures: dict[str, Any],
 
     # the victim's model has started (marker written) and is sleeping: kill the citizen now
     wait_until(lambda: any(markers.glob("victim-*")), 60, "the victim's model to start", 0.05)
-    held = cluster.sql("""SELECT r.id, r.duty_id FROM replicas r JOIN citizens c ON c.id = r.citizen_id
+    held = cluster.sql("""SELECT r.id, r.duty_id FROM replicas r
+                          JOIN citizens c ON c.id = r.citizen_id
                           WHERE c.name = 'victim' AND r.state = 'leased'""")
     assert len(held) == 1, held  # prefetch 1: exactly the duty it is computing
     time.sleep(0.3)

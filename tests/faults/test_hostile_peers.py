@@ -175,14 +175,34 @@ def peer_state(sock: socket.socket) -> str:
         return "closed"
 
 
-def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, Any]) -> None:
+def working_cluster(cluster: Cluster, duties: int) -> int:
+    """Server, model, dataset and two real citizens already computing it; the dataset id."""
     model = square_model(cluster.root / "steady", "steady", sleep=0.3, extra="timeout: 30\n")
     assert cluster.url
-    server = cluster.start_server()
+    cluster.start_server()
     cluster.add_model(model)
-    ds = cluster.import_dataset("steady", numbers(cluster.root / "n.json", DUTIES))["id"]
+    ds = cluster.import_dataset("steady", numbers(cluster.root / "n.json", duties))["id"]
     cluster.spawn(2, prefix="real")
     wait_until(lambda: cluster.progress(ds)["done"] >= 4, 60, "the citizens to be working")
+    return ds
+
+
+def check_run(cluster: Cluster, ds: int, duties: int) -> None:
+    """The real citizens' run completed, with right results, and the server is still up."""
+    final = cluster.wait_finished(ds, 180)
+    assert cluster.server is not None and cluster.server.alive, cluster.diagnostics()
+    assert final["done"] == duties, final
+    rows = cluster.sql("SELECT first_record, canonical FROM duties WHERE dataset_id = %s", (ds,))
+    assert all(r["canonical"] == [{"n": r["first_record"], "square": r["first_record"] ** 2}]
+               for r in rows)
+    log = cluster.server.text()
+    assert "unexpected error" not in log, log[max(0, log.find("unexpected error") - 2000):][:4000]
+
+
+def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, Any]) -> None:
+    ds = working_cluster(cluster, DUTIES)
+    server = cluster.server
+    assert server is not None
     rss_before = rss_kib(server.pid)
 
     attack = Attack(cluster.port)
@@ -198,29 +218,25 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
         attack.run("huge-prefix", 20, huge_prefix)
         attack.run("unknown-type", 20, unknown_type)
         attack.run("slowloris", 1, slowloris)
-        for i in range(BIG_FRAMES):  # at once, each from its own connection
-            attack.run(f"big-frame-{i}", 1, big_frame)
         time.sleep(3)
         rss_during = rss_kib(server.pid)  # 300 silent sockets and the rest, all at once
         attack.join(90)
-        rss_peak_seen = rss_kib(server.pid)
         silent_state = [peer_state(sock) for sock in silent]
     finally:
         for sock in silent:
             sock.close()
         rss_peak = sampler.stop()
+    rss_after_attack = rss_kib(server.pid)
 
-    final = cluster.wait_finished(ds, 180)
-    assert server.alive, cluster.diagnostics()
-    time.sleep(1)
+    check_run(cluster, ds, DUTIES)
     rss_after = rss_kib(server.pid)
     slow = attack.seen.get("slowloris", [{}])[0]
-    figures.update(rss_before_kib=rss_before, rss_during_attack_kib=rss_during, rss_after_attack_kib=rss_peak_seen,
-                   rss_after_run_kib=rss_after, rss_peak_kib=rss_peak, rss_growth_kib=rss_after - rss_before,
+    figures.update(rss_before_kib=rss_before, rss_during_attack_kib=rss_during,
+                   rss_peak_kib=rss_peak, rss_after_attack_kib=rss_after_attack,
+                   rss_after_run_kib=rss_after, rss_growth_kib=rss_after - rss_before,
                    slowloris=slow, silent_still_open_after_attack=silent_state.count("open"),
                    done_when_attack_started=at_start["done"])
     assert not attack.errors, attack.errors
-    assert final["done"] == DUTIES, final
 
     huge = attack.seen["huge-prefix"]
     assert all(closed and seconds < 10 for _, closed, seconds in huge), huge[:3]
@@ -228,17 +244,39 @@ def test_hostile_peers_do_not_stop_the_run(cluster: Cluster, figures: dict[str, 
                for m, _, _ in huge), huge[:3]
     unknown = attack.seen["unknown-type"]
     assert all(closed and m and m.get("type") == "error" for m, closed, _ in unknown), unknown[:3]
-    big = [attack.seen[f"big-frame-{i}"][0] for i in range(BIG_FRAMES)]
-    assert all(closed and m and m.get("type") == "error" for m, closed, _ in big), big[:3]
     garbage = attack.seen["random-bytes"]
     assert all(closed for _, closed, _ in garbage), garbage[:3]
     assert slow.get("closed") and slow["sent"] < slow["of"], slow  # cut before it finished
     assert slow["cut_after_s"] < 30, slow
     assert silent_state.count("open") == 0, "silent sockets never hung up on"
-
-    log = server.text()
-    assert "unexpected error" not in log, log[max(0, log.find("unexpected error") - 2000):][:4000]
     assert rss_after - rss_before < 100 * 1024, (rss_before, rss_after)
-    rows = cluster.sql("SELECT first_record, canonical FROM duties WHERE dataset_id = %s", (ds,))
-    assert all(r["canonical"] == [{"n": r["first_record"], "square": r["first_record"] ** 2}]
-               for r in rows)
+
+
+def test_unauthenticated_big_frames_do_not_balloon_the_server(cluster: Cluster,
+                                                              figures: dict[str, Any]) -> None:
+    """Peers that never said hello send frames just under MAX_FRAME (16 MiB) at once."""
+    ds = working_cluster(cluster, 30)
+    server = cluster.server
+    assert server is not None
+    rss_before = rss_kib(server.pid)
+    attack = Attack(cluster.port)
+    sampler = PeakRss(server.pid)
+    sampler.start()
+    try:
+        for i in range(BIG_FRAMES):  # at once, each from its own connection
+            attack.run(f"big-frame-{i}", 1, big_frame)
+        attack.join(90)
+    finally:
+        rss_peak = sampler.stop()
+    check_run(cluster, ds, 30)
+    time.sleep(1)
+    rss_after = rss_kib(server.pid)
+    figures.update(peers=BIG_FRAMES, frame_mib=15, rss_before_kib=rss_before,
+                   rss_peak_kib=rss_peak, rss_after_kib=rss_after,
+                   rss_growth_kib=rss_after - rss_before)
+    assert not attack.errors, attack.errors
+    big = [attack.seen[f"big-frame-{i}"][0] for i in range(BIG_FRAMES)]
+    assert all(closed and m and m.get("type") == "error" for m, closed, _ in big), big[:3]
+    assert rss_after - rss_before < 100 * 1024, (
+        f"{BIG_FRAMES} unauthenticated peers left the server {rss_after - rss_before} KiB "
+        f"bigger (peak {rss_peak} KiB)")

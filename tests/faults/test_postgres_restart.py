@@ -68,6 +68,7 @@ def test_postgres_restart_mid_run(cluster: Cluster, figures: dict[str, Any], how
                    total_run_s=round(finished - started, 2), lost=DUTIES - final["done"])
     assert final == {"total": DUTIES, "pending": 0, "done": DUTIES, "failed": 0,
                      "inconclusive": 0}, final
+    assert first_result - restarted < 30, "no result within 30 s of PostgreSQL being back"
     assert cluster.server is not None and cluster.server.alive, cluster.diagnostics()
     assert spawn.alive, cluster.diagnostics()
 

@@ -16,7 +16,8 @@ CITIZENS = 3
 
 
 def snapshot(cluster: Cluster, dataset: int) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Done duties (id -> canonical replica and result) and judged replicas (id -> state)."""
+    """Done duties (id -> canonical replica and result) and replicas in a final state
+    (valid, invalid, error: id -> duty, citizen, state, digest, output)."""
     duties = {r["id"]: (r["canonical_replica_id"], r["canonical"]) for r in cluster.sql(
         "SELECT id, canonical_replica_id, canonical FROM duties "
         "WHERE dataset_id = %s AND state = 'done'", (dataset,))}
@@ -24,7 +25,8 @@ def snapshot(cluster: Cluster, dataset: int) -> tuple[dict[int, Any], dict[int, 
                 for r in cluster.sql(
                     "SELECT r.id, r.duty_id, r.citizen_id, r.state::text, r.digest, r.output "
                     "FROM replicas r JOIN duties u ON u.id = r.duty_id "
-                    "WHERE u.dataset_id = %s AND r.state IN ('valid', 'invalid')", (dataset,))}
+                    "WHERE u.dataset_id = %s AND r.state IN ('valid', 'invalid', 'error')",
+                    (dataset,))}
     return duties, replicas
 
 
@@ -56,8 +58,9 @@ def test_server_sigkill_mid_run_loses_and_duplicates_nothing(cluster: Cluster,
     restarted = time.monotonic()
     cluster.start_server()
     listening = time.monotonic()
-    wait_until(lambda: cluster.sql("SELECT count(*) AS n FROM replicas WHERE returned_at > %s",
-                                   (db_now,))[0]["n"] > 0, 120, "a first result after restart", 0.05)
+    wait_until(lambda: cluster.sql("SELECT count(*) AS n FROM replicas "
+                                   "WHERE returned_at > %s", (db_now,))[0]["n"] > 0,
+               120, "a first result after restart", 0.05)
     first_result = time.monotonic()
     final = cluster.wait_finished(ds, 300)
     finished = time.monotonic()

@@ -27,6 +27,8 @@ from civic.store import redact, work
 
 log = logging.getLogger("civic.server")
 
+HELLO_MAX_FRAME = 64 * 1024
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -73,8 +75,10 @@ class Server:
     def __init__(self, database_url: str, options: ServerOptions | None = None) -> None:
         self.url = database_url
         self.options = options or ServerOptions()
+        # timeout: a request waits at most this long for a connection while PostgreSQL is away,
+        # then the citizen is told "unavailable" and retries with its own backoff.
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.options.pool_size,
-                                        open=False)
+                                        open=False, timeout=10, check=AsyncConnectionPool.check_connection)
         self.connections: set[Connection] = set()
         self._handshaking: collections.Counter[str] = collections.Counter()
         self.draining = asyncio.Event()
@@ -171,7 +175,7 @@ class Server:
             await asyncio.sleep(self.options.reap_interval)
             try:
                 async with self.pool.connection() as db:
-                    lost = await work.release(db, ids=[], overdue=True,
+                    lost = await work.release(db, overdue=True,
                                               error="deadline passed without a result")
                 if lost:
                     log.warning("%d replica(s) passed their deadline; re-issuing", lost)
@@ -229,7 +233,8 @@ class Server:
 
     async def _session(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         opts = self.options
-        hello = await asyncio.wait_for(p.read_message(reader, opts.max_frame),
+        # A hello is a few hundred bytes: strangers never get to send a big frame.
+        hello = await asyncio.wait_for(p.read_message(reader, HELLO_MAX_FRAME),
                                        opts.handshake_timeout)
         if not isinstance(hello, p.Hello):
             raise ProtocolError(f"expected hello, got {hello.type}")
@@ -240,6 +245,11 @@ class Server:
             conn.citizen_id, secret = await work.register(
                 db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
                 platform=text(hello.platform, 100), address=conn.peer, token=hello.token)
+            # Leases from an earlier connection were lost with it (a server that died between
+            # leasing and sending, a dropped link): free them now rather than at their deadline.
+            # Results the citizen did compute are sent again right after the welcome.
+            await work.release(db, citizen_id=conn.citizen_id, failure=False,
+                               error="lost with an earlier connection")
         conn.name = text(hello.name, 100)
         conn.greeted = True  # no longer counted against the handshake cap
         self._handshook(conn.address)
@@ -263,7 +273,7 @@ class Server:
             async with self.pool.connection() as db:
                 if conn.leased:
                     lost = await work.release(
-                        db, ids=sorted(conn.leased), overdue=False, failure=not conn.said_bye,
+                        db, ids=sorted(conn.leased), failure=not conn.said_bye,
                         error="citizen stopped" if conn.said_bye else "citizen disconnected")
                     if lost:
                         log.warning("%s left with %d replica(s) unfinished; re-issuing",

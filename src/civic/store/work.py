@@ -88,15 +88,18 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int,
             for row in await cursor.fetchall()]
 
 
-async def release(conn: AsyncConnection, *, ids: list[int], overdue: bool, error: str,
+async def release(conn: AsyncConnection, *, error: str, ids: list[int] | None = None,
+                  overdue: bool = False, citizen_id: str | None = None,
                   failure: bool = True) -> int:
-    """Give up leased replicas (by id, and/or past their deadline) so others lease them again.
+    """Give up leased replicas — by id, past their deadline, or all of one citizen's — so
+    others lease them again.
 
     Each counts as a failure of its duty, unless ``failure`` is False (a citizen that said bye
-    before stopping did nothing wrong).
+    before stopping, or whose server died under it, did nothing wrong).
     """
-    rows = await (await conn.execute(q("release_replicas"), {"ids": ids, "overdue": overdue,
-                                                              "error": error})).fetchall()
+    rows = await (await conn.execute(q("release_replicas"), {
+        "ids": ids or [], "overdue": overdue, "citizen_id": citizen_id,
+        "error": error})).fetchall()
     for duty_id, lost in rows:
         if failure:
             await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": lost, "error": error})

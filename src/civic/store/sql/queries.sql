@@ -232,7 +232,8 @@ WHERE id = %(duty_id)s;
 WITH lost AS (
     UPDATE replicas
     SET state = 'expired', error = %(error)s
-    WHERE state = 'leased' AND (id = ANY(%(ids)s) OR (%(overdue)s AND deadline < now()))
+    WHERE state = 'leased' AND (id = ANY(%(ids)s) OR (%(overdue)s AND deadline < now())
+                                OR citizen_id = %(citizen_id)s::uuid)
     RETURNING duty_id
 )
 SELECT duty_id, count(*) AS n FROM lost GROUP BY duty_id;
