@@ -385,6 +385,36 @@ def test_a_citizen_that_says_bye_frees_its_lease_without_a_failure(database_url,
                                  " WHERE id = %s", (held.duty_id,)) == [("pending", 0, 1)]
 
 
+def test_a_reconnecting_citizen_frees_what_its_lost_connection_held(database_url, h):
+    """A lease whose connection died unseen (say the server was killed just after committing
+    it) is freed when the citizen comes back, not at its deadline, and blames no one."""
+    catalog.add_model(database_url, h.ALPHABET)
+    catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
+                           replication=1, quorum=1)
+
+    async def scenario():
+        async with running_server(database_url) as server:
+            first = await Client.connect(server)
+            welcome = await first.hello("flaky")
+            (held,) = (await first.request()).assignments
+            second = await Client.connect(server)  # the same citizen, a new connection
+            await second.hello("flaky", welcome.citizen_id, welcome.secret)
+            state = h.fetch(database_url, "SELECT state::text, error FROM replicas WHERE id = %s",
+                            (held.replica_id,))
+            # The result it did compute is still accepted while the duty needs it.
+            await second.send(p.Result(held.replica_id, 0, output=h.alphabet_output(held.input)))
+            ack = await second.recv()
+            for client in (first, second):
+                await client.close()
+            return held, state, ack
+
+    held, state, ack = asyncio.run(scenario())
+    assert state == [("expired", "lost with an earlier connection")]
+    assert ack.accepted
+    assert h.fetch(database_url, "SELECT state::text, failures FROM duties WHERE id = %s",
+                   (held.duty_id,)) == [("done", 0)]
+
+
 def test_stopping_the_server_releases_the_leases_still_held(alphabet, database_url, h):
     """Stopping waits ``grace`` for results in flight, then says bye and lets each connection
     release what it still holds: once ``stop`` returns, nothing is left leased to a citizen that
