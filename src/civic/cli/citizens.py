@@ -159,16 +159,10 @@ def list_(ctx: typer.Context, json: JSON = False) -> None:
     """List this instance's citizen containers."""
     c: Context = ctx.obj
     citizens = _docker(c).list()
-    if json:
-        c.print_json([vars(s) for s in citizens])
-        return
-    if not citizens:
-        c.note("no citizen containers; start some with: civic citizen spawn HOST:PORT")
-        return
-    table = Table("citizen", "container", "state", "server", "image")
-    for s in citizens:
-        table.add_row(s.name, s.container, s.state, s.server, s.image)
-    c.out.print(table)
+    c.listing(citizens, json=json, as_json=[vars(s) for s in citizens],
+              empty="no citizen containers; start some with: civic citizen spawn HOST:PORT",
+              columns=("citizen", "container", "state", "server", "image"),
+              cells=lambda s: [s.name, s.container, s.state, s.server, s.image])
 
 
 def _act(ctx: typer.Context, names: list[str] | None, everyone: bool, verb: str) -> None:

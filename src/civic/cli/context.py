@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from rich.console import Console
+from rich.table import Table
 
 from civic import store
 from civic.config import Settings
@@ -34,6 +36,20 @@ class Context:
     def print_json(self, data: Any) -> None:
         """Machine-readable output for scripts: plain JSON on stdout, nothing else."""
         self.out.file.write(json.dumps(data, default=_plain, indent=2) + "\n")
+
+    def listing(self, rows: list[Any], *, json: bool, empty: str, columns: tuple[str, ...],
+                cells: Callable[[Any], list[str]], as_json: Any = None) -> None:
+        """Print a listing: JSON for scripts (``as_json``, else the rows), a hint on stderr
+        when there is nothing, else a table."""
+        if json:
+            self.print_json(rows if as_json is None else as_json)
+        elif not rows:
+            self.note(empty)
+        else:
+            table = Table(*columns)
+            for row in rows:
+                table.add_row(*cells(row))
+            self.out.print(table)
 
     def note(self, message: str) -> None:
         """A human remark on stderr, so stdout stays clean for pipes."""

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
 from civic.cli.context import Context
 from civic.datasets import FORMATS
@@ -72,16 +71,9 @@ def list_(ctx: typer.Context,
     """List datasets with their duties by state."""
     c: Context = ctx.obj
     rows = catalog.list_datasets(c.database_url(), model)
-    if json:
-        c.print_json(rows)
-        return
-    if not rows:
-        c.note("no datasets yet; import one with: civic dataset import MODEL FILE")
-        return
-    table = Table("id", "model", "source", "records", "duties", "done", "pending", "failed",
-                  "inconclusive")
-    for r in rows:
-        table.add_row(str(r["id"]), f"{r['model']} v{r['model_version']}", r["source"],
-                      *(str(r[k]) for k in ("records", "duties", "done", "pending", "failed",
-                                            "inconclusive")))
-    c.out.print(table)
+    counts = ("records", "duties", "done", "pending", "failed", "inconclusive")
+    c.listing(rows, json=json,
+              empty="no datasets yet; import one with: civic dataset import MODEL FILE",
+              columns=("id", "model", "source", *counts),
+              cells=lambda r: [str(r["id"]), f"{r['model']} v{r['model_version']}", r["source"],
+                               *(str(r[k]) for k in counts)])

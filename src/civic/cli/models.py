@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from civic.cli.context import Context
 from civic.store import catalog
@@ -38,20 +37,15 @@ def list_(ctx: typer.Context, json: JSON = False) -> None:
     """List models with their latest version."""
     c: Context = ctx.obj
     rows = catalog.list_models(c.database_url())
-    if json:
-        c.print_json([{"name": r["name"], "version": r["version"],
-                       "bundle_sha256": r["bundle_sha256"], "datasets": r["datasets"],
-                       "description": r["manifest"].get("description", ""),
-                       "created_at": r["created_at"]} for r in rows])
-        return
-    if not rows:
-        c.note("no models yet; add one with: civic model add DIR")
-        return
-    table = Table("model", "version", "datasets", "description", "added")
-    for r in rows:
-        table.add_row(r["name"], str(r["version"]), str(r["datasets"]),
-                      r["manifest"].get("description", ""), f"{r['created_at']:%Y-%m-%d %H:%M}")
-    c.out.print(table)
+    c.listing(rows, json=json, empty="no models yet; add one with: civic model add DIR",
+              as_json=[{"name": r["name"], "version": r["version"],
+                        "bundle_sha256": r["bundle_sha256"], "datasets": r["datasets"],
+                        "description": r["manifest"].get("description", ""),
+                        "created_at": r["created_at"]} for r in rows],
+              columns=("model", "version", "datasets", "description", "added"),
+              cells=lambda r: [r["name"], str(r["version"]), str(r["datasets"]),
+                               r["manifest"].get("description", ""),
+                               f"{r['created_at']:%Y-%m-%d %H:%M}"])
 
 
 @app.command("show")
