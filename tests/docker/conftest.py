@@ -44,8 +44,13 @@ def local(engine: Any) -> dict[str, str]:
     """Local base images (no registry here) and the images CIVIC builds from them, built the
     way a user would: ``civic image build --base ... --wheelhouse ...``."""
     cache = Path(os.environ.get("CIVIC_TEST_CACHE") or base_images.default_cache_dir())
-    tags = base_images.ensure_base_images(cache)
-    wheels = base_images.wheelhouse(cache)
+    try:
+        tags = base_images.ensure_base_images(cache)
+        wheels = base_images.wheelhouse(cache)
+    except base_images.BaseImageError as exc:  # e.g. not root, no debootstrap
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the local base images cannot be built: {exc}")
+        pytest.skip(f"cannot build the local base images: {exc}")
     builder = Civic(cache / "builder-home")
     built = builder("image", "build", "--base", tags["python"], "--wheelhouse", str(wheels),
                     timeout=900)
