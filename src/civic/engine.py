@@ -103,15 +103,22 @@ def discard(thing: Any) -> None:
         thing.remove()
 
 
-def ensure_image(engine: Any, tag: str, hint: str) -> None:
-    """Pull ``tag`` unless it is already here; ``hint`` says what to do when that fails."""
-    from docker.errors import DockerException, ImageNotFound
+def has_image(engine: Any, tag: str) -> bool:
+    from docker.errors import ImageNotFound
 
     try:
         engine.images.get(tag)
-        return
+        return True
     except ImageNotFound:
-        pass
+        return False
+
+
+def ensure_image(engine: Any, tag: str, hint: str) -> None:
+    """Pull ``tag`` unless it is already here; ``hint`` says what to do when that fails."""
+    from docker.errors import DockerException
+
+    if has_image(engine, tag):
+        return
     try:
         engine.images.pull(tag)
     except DockerException as exc:

@@ -108,12 +108,3 @@ def build_server(engine: Any, *, base: str | None = None, wheelhouse: Path | Non
             args["BASE"] = base
         return _build(engine, context, tag, args, on_line)
 
-
-def exists(engine: Any, tag: str) -> bool:
-    from docker.errors import ImageNotFound
-
-    try:
-        engine.images.get(tag)
-        return True
-    except ImageNotFound:
-        return False

@@ -111,7 +111,7 @@ def spawn(
         return
     docker = DockerRuntime(engine.client(), c.settings.instance, image,
                            Limits(cpus=cpus, memory=memory, pids=pids), network)
-    if image == images.CITIZEN_IMAGE and not images.exists(docker.engine, image):
+    if image == images.CITIZEN_IMAGE and not engine.has_image(docker.engine, image):
         with c.err.status(f"building {image}…"):
             images.build_citizen(docker.engine, base=base)
     started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch,

@@ -19,8 +19,8 @@ import psycopg
 
 from civic import images
 from civic.config import Settings, read_config, write_config
-from civic.engine import (discard, ensure_image, errors, find, instance_of, labels,
-                          selector)
+from civic.engine import (discard, ensure_image, errors, find, has_image, instance_of,
+                          labels, selector)
 from civic.errors import AddressInUse, DockerError, NotFound, StoreError
 from civic.protocol import DEFAULT_PORT
 
@@ -123,7 +123,7 @@ class Installation:
 
     def _ensure_image(self, tag: str, step: Step, build: Callable[[], None] | None = None
                       ) -> None:
-        if images.exists(self.engine, tag):
+        if has_image(self.engine, tag):
             return
         if build is not None:
             step(f"building {tag}")
