@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from civic import store
-from civic.citizen.runtimes import ProcessRuntime
+from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.config import load_settings
 from civic.server.runner import ServerThread
 from civic.server.service import ServerOptions
@@ -67,10 +67,11 @@ def duty_throughput(url: str, root: Path, duties: int, citizens: int, prefetch: 
     imported = catalog.import_dataset(url, added.name, data)
     server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=2))
     host, port = server.start()
-    runtime = ProcessRuntime()
+    runtime = ProcessRuntime(root / "citizens", root / "logs")
     names = [f"bench-{replication}-{prefetch}-{i}" for i in range(citizens)]
     started = time.perf_counter()
-    spawned = runtime.spawn(f"{host}:{port}", names, root / "citizens", root / "logs", prefetch)
+    joining = Joining(f"{host}:{port}", prefetch, token=catalog.join_token(url))
+    spawned = runtime.spawn(joining, names)
     try:
         while catalog.progress(url, imported.id)["pending"]:
             time.sleep(0.05)

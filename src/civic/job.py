@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from civic.citizen.runtimes import ProcessRuntime
+from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.config import Settings
 from civic.errors import CivicError, UsageError
 from civic.models import load_manifest
@@ -65,12 +65,11 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
 
     server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0))
     host, port = server.start()
-    runtime = ProcessRuntime()
+    runtime = ProcessRuntime(settings.citizens_dir, log_dir=settings.home / "logs")
     names = [f"{socket.gethostname()}-run-{i}" for i in range(1, citizens + 1)]
     spawned = []
     try:
-        spawned = runtime.spawn(f"{host}:{port}", names, settings.citizens_dir,
-                                log_dir=settings.home / "logs", token=catalog.join_token(url))
+        spawned = runtime.spawn(Joining(f"{host}:{port}", token=catalog.join_token(url)), names)
         event(f"server on {host}:{port}, {citizens} citizens (logs in {settings.home / 'logs'})")
         while True:
             progress = catalog.progress(url, imported.id)

@@ -9,19 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from civic_cli import ALPHABET, Civic, next_letter
+from civic_cli import ALPHABET, Civic, free_port, next_letter
 from docker_objects import leftovers
 
 from civic import __version__
 
 # The first test also pays for the local base images on a fresh machine (a few minutes).
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ok(done: Any) -> str:

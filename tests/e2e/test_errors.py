@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from civic_cli import ALPHABET, Civic
+from civic_cli import ALPHABET, Civic, free_port, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -96,8 +96,6 @@ def test_every_command_has_help_and_listings_have_json(civic: Civic) -> None:
 
 
 def test_a_wrong_join_token_is_refused_and_never_echoed(civic: Civic) -> None:
-    from civic_cli import free_port, wait_for_line
-
     port = free_port()
     server = civic.start("server", "start", "--host", "127.0.0.1", "--port", str(port))
     wait_for_line(server, f"listening on 127.0.0.1:{port}")

@@ -44,7 +44,7 @@ class AgentOptions:
     token: str | None = None
     work: Path | None = None  # per-duty scratch directories (default: HOME/work)
     tls: bool = False  # speak TLS, checking the server against ``ca`` or the system's roots
-    ca: Path | None = None
+    ca: Path | None = None  # implies TLS
     parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
 
 
@@ -57,6 +57,7 @@ class Agent:
         self.identity_file = options.home / "identity.json"
         self.bundles = options.home / "bundles"
         self.work = options.work or options.home / "work"
+        self.tls = self._tls()
         self.unacked: dict[int, p.Result] = {}
         self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
         self.failures = 0
@@ -67,7 +68,7 @@ class Agent:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    self.host, self.port, ssl=self._tls()), 10)
+                    self.host, self.port, ssl=self.tls), 10)
             except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
                 await self._backoff(f"cannot reach {self.host}:{self.port} ({exc or 'timeout'})")
                 continue
@@ -86,7 +87,7 @@ class Agent:
             await self._backoff(reason)
 
     def _tls(self) -> ssl.SSLContext | None:
-        if not self.options.tls:
+        if not (self.options.tls or self.options.ca):
             return None
         try:
             return ssl.create_default_context(
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
                             max(1, args.prefetch), token=token,
-                            work=args.work, tls=args.tls or args.ca is not None, ca=args.ca,
+                            work=args.work, tls=args.tls, ca=args.ca,
                             parent=args.parent))
 
 

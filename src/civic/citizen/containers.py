@@ -8,15 +8,16 @@ named volume of its own for its identity and bundle cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
                           is_container, labels, selector)
+from civic.citizen.runtimes import Joining
 from civic.errors import NotFound
 from civic.protocol import parse_address
 
 ROLE = "citizen"
+CA_IN_CONTAINER = "/etc/civic/ca.pem"
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,14 @@ class DockerRuntime:
             index += 1
         return names
 
-    def spawn(self, address: str, names: list[str], *, prefetch: int = 1,
-              token: str | None = None, tls: bool = False,
-              ca: Path | None = None) -> list[CitizenContainer]:
+    def spawn(self, joining: Joining, names: list[str]) -> list[CitizenContainer]:
         """Start one container per name; on any failure remove what this call created."""
         ensure_image(self.engine, self.image, "build it with `civic image build` or choose "
                                               "another with --image")
         created: list[Any] = []
         try:
             for name in names:
-                created.extend(self._start(address, name, prefetch, token, tls, ca))
+                created.extend(self._start(joining, name))
         except BaseException:
             for thing in reversed(created):
                 with errors("cleaning up"):
@@ -101,29 +100,23 @@ class DockerRuntime:
             raise
         return [_describe(c) for c in created if is_container(c)]
 
-    def _start(self, address: str, name: str, prefetch: int, token: str | None, tls: bool,
-               ca: Path | None) -> list[Any]:
-        tags = labels(self.instance, ROLE, **{LABEL_SERVER: address, LABEL_NAME: name})
+    def _start(self, joining: Joining, name: str) -> list[Any]:
+        tags = labels(self.instance, ROLE, **{LABEL_SERVER: joining.address, LABEL_NAME: name})
         made: list[Any] = []
         with errors(f"creating citizen {name}"):
             volume = self.engine.volumes.create(self.container_name(name), labels=tags)
             made.append(volume)
-            network = self.network or self.default_network(address)
+            network = self.network or self.default_network(joining.address)
             placement = ({"network_mode": network} if network in ("host", "none", "bridge")
                          else {"network": network})
-            command = [address, "--name", name, "--prefetch", str(prefetch),
-                       "--work", "/tmp/work"]  # inputs and outputs stay in the tmpfs
             mounts = {volume.name: {"bind": "/civic", "mode": "rw"}}
-            if tls:
-                command.append("--tls")
-            if ca is not None:
-                mounts[str(ca.resolve())] = {"bind": "/etc/civic/ca.pem", "mode": "ro"}
-                command += ["--ca", "/etc/civic/ca.pem"]
+            if joining.ca is not None:
+                mounts[str(joining.ca.resolve())] = {"bind": CA_IN_CONTAINER, "mode": "ro"}
             made.append(self.engine.containers.run(
-                self.image, command,
+                self.image, [*joining.agent_args(name, CA_IN_CONTAINER),
+                             "--work", "/tmp/work"],  # inputs and outputs stay in the tmpfs
                 name=self.container_name(name), detach=True, labels=tags,
-                environment={"CIVIC_TOKEN": token} if token else {},
-                restart_policy={"Name": "unless-stopped"},
+                environment=joining.env, restart_policy={"Name": "unless-stopped"},
                 nano_cpus=int(self.limits.cpus * 1e9), mem_limit=self.limits.memory,
                 memswap_limit=self.limits.memory, pids_limit=self.limits.pids,
                 read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.limits.tmpfs}"},

@@ -10,7 +10,29 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
+
+
+@dataclass(frozen=True)
+class Joining:
+    """What every citizen a runtime starts needs to work for its server."""
+
+    address: str
+    prefetch: int = 1
+    token: str | None = None  # goes in the environment, never on a command line (ps shows it)
+    tls: bool = False
+    ca: Path | None = None  # implies TLS
+
+    def agent_args(self, name: str, ca_path: str | None = None) -> list[str]:
+        """The agent's arguments; ``ca_path`` is where the agent sees the CA file."""
+        args = [self.address, "--name", name, "--prefetch", str(self.prefetch)]
+        args += ["--tls"] if self.tls else []
+        args += ["--ca", ca_path or str(self.ca)] if self.ca else []
+        return args
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"CIVIC_TOKEN": self.token} if self.token else {}
 
 
 @dataclass
@@ -28,14 +50,11 @@ class Spawned:
 
 
 class Runtime(Protocol):
+    """Starts citizens somewhere: local processes, containers."""
+
     name: str
 
-    def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None, prefetch: int = 1,
-              token: str | None = None, tls: bool = False,
-              ca: Path | None = None) -> list[Spawned]: ...
-
-    def stop(self, citizens: list[Spawned], timeout: float = 10.0) -> None: ...
+    def spawn(self, joining: Joining, names: list[str]) -> list[Any]: ...
 
 
 class ProcessRuntime:
@@ -43,38 +62,34 @@ class ProcessRuntime:
 
     name = "process"
 
-    def spawn(self, address: str, names: list[str], homes: Path,
-              log_dir: Path | None = None, prefetch: int = 1,
-              token: str | None = None, tls: bool = False,
-              ca: Path | None = None) -> list[Spawned]:
-        """Start one agent per name (speaking TLS when ``tls``, checked against ``ca``)."""
+    def __init__(self, homes: Path, log_dir: Path | None = None) -> None:
+        self.homes, self.log_dir = homes, log_dir
+
+    def spawn(self, joining: Joining, names: list[str]) -> list[Spawned]:
         spawned: list[Spawned] = []
         try:
             for name in names:
-                home = homes / name
-                log = (log_dir / f"{name}.log") if log_dir else None
-                process = self._start(address, name, home, log, prefetch, token, tls, ca)
-                spawned.append(Spawned(name, home, process, log))
+                home = self.homes / name
+                log = (self.log_dir / f"{name}.log") if self.log_dir else None
+                spawned.append(Spawned(name, home, self._start(joining, name, home, log), log))
         except BaseException:
             self.stop(spawned)
             raise
         return spawned
 
     @staticmethod
-    def _start(address: str, name: str, home: Path, log: Path | None, prefetch: int,
-               token: str | None, tls: bool, ca: Path | None) -> subprocess.Popen[bytes]:
+    def _start(joining: Joining, name: str, home: Path, log: Path | None
+               ) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "civic.citizen.agent", address, "--name", name,
-                   "--home", str(home), "--prefetch", str(prefetch), "--parent", str(os.getpid())]
-        command += (["--tls"] if tls else []) + (["--ca", str(ca)] if ca else [])
+        command = [sys.executable, "-m", "civic.citizen.agent", *joining.agent_args(name),
+                   "--home", str(home), "--parent", str(os.getpid())]
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             out = open(log, "ab")
         try:
-            env = {**os.environ, **({"CIVIC_TOKEN": token} if token else {})}  # not argv: ps
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    env=env)
+                                    env={**os.environ, **joining.env})
         finally:
             if out is not None:
                 out.close()

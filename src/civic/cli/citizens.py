@@ -15,7 +15,7 @@ from rich.table import Table
 from civic import engine, images
 from civic.citizen import agent
 from civic.citizen.containers import DockerRuntime, Limits
-from civic.citizen.runtimes import ProcessRuntime
+from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.cli.context import Context
 from civic.errors import UsageError
 from civic.protocol import parse_address
@@ -54,8 +54,7 @@ def run(
     name = name or socket.gethostname()
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
     status = agent.run(agent.AgentOptions(address, c.settings.citizens_dir / name, name, prefetch,
-                                          token=agent.read_token(token_file),
-                                          tls=tls or ca is not None, ca=ca))
+                                          token=agent.read_token(token_file), tls=tls, ca=ca))
     raise typer.Exit(status)
 
 
@@ -101,21 +100,18 @@ def spawn(
     if runtime not in ("docker", "process"):
         raise UsageError(f"--runtime must be docker or process, not {runtime!r}")
     prefix = prefix or socket.gethostname()
-    token = agent.read_token(token_file)
     if ca is not None and not ca.is_file():
         raise UsageError(f"{ca}: no such CA file")
-    tls = tls or ca is not None
+    joining = Joining(address, prefetch, agent.read_token(token_file), tls, ca)
     if runtime == "process":
-        _spawn_processes(c, address, [f"{prefix}-{i}" for i in range(1, count + 1)],
-                         prefetch, log_dir, token, tls, ca)
+        _spawn_processes(c, joining, [f"{prefix}-{i}" for i in range(1, count + 1)], log_dir)
         return
     docker = DockerRuntime(engine.client(), c.settings.instance, image,
                            Limits(cpus=cpus, memory=memory, pids=pids), network)
     if image == images.CITIZEN_IMAGE and not engine.has_image(docker.engine, image):
         with c.err.status(f"building {image}…"):
             images.build_citizen(docker.engine, base=base)
-    started = docker.spawn(address, docker.free_names(prefix, count), prefetch=prefetch,
-                           token=token, tls=tls, ca=ca)
+    started = docker.spawn(joining, docker.free_names(prefix, count))
     if json:
         c.print_json([vars(s) for s in started])
         return
@@ -126,13 +122,12 @@ def spawn(
     c.out.print(table)
 
 
-def _spawn_processes(c: Context, address: str, names: list[str], prefetch: int,
-                     log_dir: Path | None, token: str | None, tls: bool, ca: Path | None
+def _spawn_processes(c: Context, joining: Joining, names: list[str], log_dir: Path | None
                      ) -> None:
-    runner = ProcessRuntime()
-    spawned = runner.spawn(address, names, c.settings.citizens_dir, log_dir, prefetch, token,
-                           tls, ca)
-    table = Table("citizen", "pid", "home", title=f"{len(names)} citizen(s) working for {address}")
+    runner = ProcessRuntime(c.settings.citizens_dir, log_dir)
+    spawned = runner.spawn(joining, names)
+    table = Table("citizen", "pid", "home",
+                  title=f"{len(names)} citizen(s) working for {joining.address}")
     for s in spawned:
         table.add_row(s.name, str(s.process.pid), str(s.home))
     c.err.print(table)
