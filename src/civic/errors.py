@@ -60,6 +60,10 @@ class Refused(CivicError):
     exit_code = 7
 
 
+class Incompatible(Refused):
+    """Raised when a citizen and a server speak no protocol version in common."""
+
+
 class DockerError(CivicError):
     """Raised when the Docker engine is missing, refuses access or fails an operation."""
 

@@ -4,6 +4,11 @@ A frame is a 4-byte big-endian length followed by that many bytes of a UTF-8 JSO
 ``type`` names the message. A message that announces a payload (``bundle`` with its ``size``) is
 followed by exactly that many raw bytes, sent and received in chunks so no side holds them whole.
 
+The protocol grows without breaking deployed peers: both sides ignore fields they do not know,
+and optional behaviour is negotiated through ``features`` in hello/welcome. A peer whose
+``version`` the other side does not speak is refused with an ``error`` of code ``version``
+naming the versions each side speaks.
+
 Standard library only: the citizen agent runs this module in a bare Python image.
 """
 
@@ -13,6 +18,7 @@ import asyncio
 import functools
 import ipaddress
 import json
+import math
 import struct
 import types
 import typing
@@ -22,7 +28,8 @@ from typing import Any, ClassVar
 
 from civic.errors import ProtocolError, UsageError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 1 rejected unknown fields, so it could never grow
+SUPPORTED_VERSIONS = (2,)  # what this side accepts from a peer
 DEFAULT_PORT = 24842
 MAX_FRAME = 16 * 1024 * 1024  # largest JSON frame either side accepts
 CHUNK = 64 * 1024  # payload chunk size
@@ -35,7 +42,13 @@ class ConnectionClosed(ProtocolError):
 
 @dataclass(frozen=True)
 class Hello:
-    """Citizen → server, first frame: who I am (nothing yet on first contact)."""
+    """Citizen → server, first frame: who I am (nothing yet on first contact) and what I can do.
+
+    ``host`` is a key shared by every citizen of one machine; ``memory`` the bytes a model may
+    use here (0: unknown); ``builds`` whether models with a build step can be built here;
+    ``held`` the replicas an earlier connection leased that this citizen still works on or has
+    results for (the server frees the others at once).
+    """
 
     type: ClassVar[str] = "hello"
     version: int
@@ -44,6 +57,11 @@ class Hello:
     citizen_id: str | None = None
     secret: str | None = None
     token: str | None = None
+    host: str = ""
+    memory: int = 0
+    builds: bool = False
+    held: list[int] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class Welcome:
     citizen_id: str
     secret: str | None = None
     heartbeat: float = 15.0
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,8 @@ class Assignment:
     build: str | None
     timeout: float
     input: Any
+    memory: int | None = None  # bytes the model may use (the manifest's limit), None: no limit
+    start_within: float | None = None  # seconds: a replica not started by then is given up
 
 
 @dataclass(frozen=True)
@@ -139,10 +160,15 @@ class Ack:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Citizen → server: still alive, working on these replicas. No reply."""
+    """Citizen → server: still alive; holding ``replica_ids``, computing ``running`` now. No reply.
+
+    A citizen also sends one the moment it starts a replica, so its deadline becomes the
+    model's timeout (plus a grace) from then; replicas held but not running are not extended.
+    """
 
     type: ClassVar[str] = "heartbeat"
     replica_ids: list[int] = field(default_factory=list)
+    running: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,9 +200,17 @@ MESSAGES: dict[str, type] = {
 
 
 def encode(message: Message, max_frame: int = MAX_FRAME) -> bytes:
-    """Return the frame for a message: length header + compact JSON."""
-    body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"),
-                      ensure_ascii=False, allow_nan=False).encode()
+    """Return the frame for a message: length header + compact JSON.
+
+    Raises:
+        ProtocolError: the message holds what JSON cannot carry (NaN, infinities, lone
+            surrogates) or its frame would exceed ``max_frame``.
+    """
+    try:
+        body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, UnicodeEncodeError, RecursionError) as exc:
+        raise ProtocolError(f"{message.type} cannot be encoded: {exc}") from None
     if len(body) > max_frame:
         raise ProtocolError(f"{message.type} frame of {len(body)} bytes exceeds the {max_frame} limit")
     return HEADER.pack(len(body)) + body
@@ -204,20 +238,27 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: valid JSON text, but no JSON encoder can write it back
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity, which Python accepts and other languages do not, are refused."""
-    return json.loads(data, parse_constant=_no_constant)
+    """Strict JSON: NaN, Infinity and numbers that overflow to them (``1e999``), which Python
+    accepts and other languages do not, are refused."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
 
 
 def _build(cls: type, data: Any) -> Any:
-    """Construct a message dataclass from decoded JSON, checking every field's type."""
+    """Construct a message dataclass from decoded JSON, checking the type of every field it
+    knows; fields it does not know are ignored, so a newer peer may send more."""
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} must be an object")
     hints = _hints(cls)
-    unknown = set(data) - hints.keys()
-    if unknown:
-        raise TypeError(f"unknown field {sorted(unknown)[0]!r}")
-    return cls(**{key: _check(key, value, hints[key]) for key, value in data.items()})
+    return cls(**{key: _check(key, value, hints[key]) for key, value in data.items()
+                  if key in hints})
 
 
 @functools.cache

@@ -114,6 +114,28 @@ def test_duty_decodes_nested_assignments_as_objects() -> None:
     assert [a.replica_id for a in duty.assignments] == [1, 2]
 
 
+def test_fields_a_newer_peer_adds_are_ignored() -> None:
+    """A newer peer may send fields this side does not know: the protocol can grow."""
+    assert decode(b'{"type": "bye", "reason": "x", "extra": 1}') == Bye("x")
+    frame = json.loads(encode(Duty([assignment(1)]))[HEADER.size:])
+    frame["assignments"][0]["gpu"] = {"model": "a future field"}
+    frame["priority"] = 3
+    assert decode(json.dumps(frame).encode()) == Duty([assignment(1)])
+
+
+@pytest.mark.parametrize("output", [[1e999], float("inf"), float("nan"), "\ud800"])
+def test_what_json_cannot_carry_is_refused_by_encode_with_a_protocol_error(output: Any) -> None:
+    with pytest.raises(ProtocolError, match="cannot be encoded"):
+        encode(Result(1, 0, output))
+
+
+@pytest.mark.parametrize("text", [b"[1e999]", b"-1e400", b'{"a": [NaN]}', b"Infinity"])
+def test_parse_json_refuses_numbers_that_are_not_finite(text: bytes) -> None:
+    from civic.protocol import parse_json
+    with pytest.raises(ValueError):
+        parse_json(text)
+
+
 def test_integer_accepted_for_float_field() -> None:
     welcome = decode(b'{"type":"welcome","version":1,"citizen_id":"c","heartbeat":15}')
     assert welcome.heartbeat == 15.0 and isinstance(welcome.heartbeat, float)
@@ -158,7 +180,6 @@ BAD_BODIES = {
     "null type": b'{"type": null}',
     "int type": b'{"type": 1}',
     # fields
-    "unknown field": b'{"type": "bye", "reason": "x", "extra": 1}',
     "bool for int": b'{"type": "request-duty", "count": true}',
     "float for int": b'{"type": "ack", "replica_id": 1.0, "accepted": true}',
     "int for bool": b'{"type": "ack", "replica_id": 1, "accepted": 1}',

@@ -24,7 +24,7 @@ from pathlib import Path
 from civic import protocol as p
 from civic.citizen.bundles import unpack_bundle
 from civic.citizen.execute import build, run_model
-from civic.errors import CivicError, ModelFailed, ProtocolError, Refused
+from civic.errors import CivicError, Incompatible, ModelFailed, ProtocolError, Refused
 
 log = logging.getLogger("civic.citizen")
 
@@ -108,9 +108,13 @@ class Agent:
                                      identity.get("citizen_id"), identity.get("secret"),
                                      self.options.token))
         welcome = await self._read(reader)
+        if isinstance(welcome, p.Error) and welcome.code == "version":
+            raise Incompatible(f"this citizen speaks protocol version {p.PROTOCOL_VERSION}, "
+                               f"which the server refuses: {welcome.message}")
         if isinstance(welcome, p.Error) and welcome.code == "refused":
             raise Refused(f"the server refused this citizen: {welcome.message}")
         if not isinstance(welcome, p.Welcome):
+            self._closing(welcome)  # says what an error frame said
             raise ProtocolError(f"expected welcome, got {welcome.type}")
         if welcome.secret:
             self._save_identity(welcome.citizen_id, welcome.secret)

@@ -20,7 +20,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from civic import protocol as p
-from civic.errors import AddressInUse, ProtocolError, Refused, StoreError, UsageError
+from civic.errors import (AddressInUse, Incompatible, ProtocolError, Refused, StoreError,
+                          UsageError)
 from civic.server import assimilate
 from civic.server.assimilate import text
 from civic.store import redact, work
@@ -200,7 +201,8 @@ class Server:
             pass
         except (ProtocolError, Refused) as exc:
             log.warning("%s: %s", peer, exc)
-            code = "refused" if isinstance(exc, Refused) else "protocol"
+            code = ("version" if isinstance(exc, Incompatible) else
+                    "refused" if isinstance(exc, Refused) else "protocol")
             with contextlib.suppress(Exception):
                 await conn.send(p.Error(code, str(exc)))
         except (TimeoutError, asyncio.TimeoutError):
@@ -238,9 +240,11 @@ class Server:
                                        opts.handshake_timeout)
         if not isinstance(hello, p.Hello):
             raise ProtocolError(f"expected hello, got {hello.type}")
-        if hello.version != p.PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {hello.version} is not supported "
-                                f"(this server speaks {p.PROTOCOL_VERSION})")
+        if hello.version not in p.SUPPORTED_VERSIONS:
+            speaks = ", ".join(map(str, p.SUPPORTED_VERSIONS))
+            raise Incompatible(f"this server speaks protocol version {speaks} and the citizen "
+                               f"speaks {hello.version}: install the same CIVIC release on both "
+                               "(citizen images: civic image build)")
         async with self.pool.connection() as db:
             conn.citizen_id, secret = await work.register(
                 db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
