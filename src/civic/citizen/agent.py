@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +49,8 @@ class AgentOptions:
     tls: bool = False  # speak TLS, checking the server against ``ca`` or the system's roots
     ca: Path | None = None  # implies TLS
     parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
+    host: str = ""  # key shared by the citizens of one machine (default: from its machine id)
+    memory: int = 0  # bytes a model may use here (default: the machine's physical memory)
 
 
 class Agent:
@@ -60,7 +65,10 @@ class Agent:
         self.tls = self._tls()
         self.unacked: dict[int, p.Result] = {}
         self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
+        self.running: int | None = None  # the replica being computed now
         self.failures = 0
+        self.host = options.host or host_key()
+        self.memory = options.memory or physical_memory()
 
     async def run(self) -> None:
         """Connect and serve until cancelled; reconnect with capped exponential backoff + jitter."""
@@ -106,7 +114,9 @@ class Agent:
         identity = self._load_identity()
         await p.send(writer, p.Hello(p.PROTOCOL_VERSION, self.options.name, _platform(),
                                      identity.get("citizen_id"), identity.get("secret"),
-                                     self.options.token))
+                                     self.options.token, host=self.host, memory=self.memory,
+                                     builds=shutil.which("cc") is not None,
+                                     held=sorted(self.unacked)))
         welcome = await self._read(reader)
         if isinstance(welcome, p.Error) and welcome.code == "version":
             raise Incompatible(f"this citizen speaks protocol version {p.PROTOCOL_VERSION}, "
@@ -132,8 +142,16 @@ class Agent:
                 if isinstance(message, p.NoWork):
                     await asyncio.sleep(message.retry_after * random.uniform(0.8, 1.2))
                 elif isinstance(message, p.Duty):
+                    received = time.monotonic()
                     self.held.update(a.replica_id for a in message.assignments)
                     for assignment in message.assignments:
+                        if (assignment.start_within is not None
+                                and time.monotonic() - received > assignment.start_within):
+                            # The server gave it up already: another citizen computes it.
+                            log.info("replica %d not started within %.0fs; skipped",
+                                     assignment.replica_id, assignment.start_within)
+                            self.held.discard(assignment.replica_id)
+                            continue
                         result = await self._compute(reader, writer, assignment)
                         self.unacked[result.replica_id] = result
                         await self._submit(reader, writer, result)
@@ -157,7 +175,11 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionError, OSError):
-                await p.send(writer, p.Heartbeat(sorted(self.held)))
+                await self._beat(writer)
+
+    async def _beat(self, writer: asyncio.StreamWriter) -> None:
+        running = [] if self.running is None else [self.running]
+        await p.send(writer, p.Heartbeat(sorted(self.held), running))
 
     async def _submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       result: p.Result) -> None:
@@ -174,12 +196,16 @@ class Agent:
     async def _compute(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        assignment: p.Assignment) -> p.Result:
         try:
+            self.running = assignment.replica_id
+            await self._beat(writer)  # started: its deadline becomes the model's timeout
             bundle_dir = await self._bundle(reader, writer, assignment)
             await build(bundle_dir, assignment.build)
             result = await run_model(assignment, bundle_dir, self.work)
         except ModelFailed as exc:
             result = p.Result(assignment.replica_id, None, error=str(exc),
                               stderr_tail=exc.stderr_tail)
+        finally:
+            self.running = None
         log.info("duty %d (replica %d): %s in %.2fs", assignment.duty_id, assignment.replica_id,
                  result.error or "ok", result.elapsed)
         return result
@@ -222,6 +248,25 @@ class Agent:
         with os.fdopen(fd, "w") as f:
             json.dump({"citizen_id": citizen_id, "secret": secret}, f)
         os.replace(tmp, self.identity_file)
+
+
+def host_key() -> str:
+    """A key shared by every citizen of this machine: a hash of its machine id (or host name)."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            if machine := Path(path).read_text().strip():
+                break
+    else:
+        machine = socket.gethostname()
+    return hashlib.sha256(f"civic-host:{machine}".encode()).hexdigest()[:16]
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory on this machine (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
 
 
 def _platform() -> str:
@@ -290,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca", type=Path, help="CA file to check the server's certificate "
                                                 "(default: the system's roots)")
     parser.add_argument("--parent", type=int, help="stop when this process id is gone")
+    parser.add_argument("--host-key", default=os.environ.get("CIVIC_HOST_KEY", ""),
+                        help="key shared by the citizens of one machine (default: from its "
+                             "machine id; $CIVIC_HOST_KEY)")
+    parser.add_argument("--memory", type=int, default=0,
+                        help="bytes a model may use here (default: physical memory)")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -302,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
                             max(1, args.prefetch), token=token,
                             work=args.work, tls=args.tls, ca=args.ca,
-                            parent=args.parent))
+                            parent=args.parent, host=args.host_key, memory=args.memory))
 
 
 if __name__ == "__main__":
