@@ -67,7 +67,7 @@ class Agent:
         self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
         self.running: int | None = None  # the replica being computed now
         self.failures = 0
-        self.host = options.host or host_key()
+        self.host_key = options.host or host_key()
         self.memory = options.memory or physical_memory()
 
     async def run(self) -> None:
@@ -114,7 +114,7 @@ class Agent:
         identity = self._load_identity()
         await p.send(writer, p.Hello(p.PROTOCOL_VERSION, self.options.name, _platform(),
                                      identity.get("citizen_id"), identity.get("secret"),
-                                     self.options.token, host=self.host, memory=self.memory,
+                                     self.options.token, host=self.host_key, memory=self.memory,
                                      builds=shutil.which("cc") is not None,
                                      held=sorted(self.unacked)))
         welcome = await self._read(reader)
