@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
+import io
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from civic.errors import DatasetError, UsageError
 
@@ -26,6 +29,12 @@ _WS = re.compile(r"[ \t\n\r]*")
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines", ".lines": "lines"}
 
 OnBytes = Callable[[int], None] | None
+STDIN = Path("-")  # the dataset "file" that means standard input
+
+
+def display_name(path: Path) -> str:
+    """How a dataset source is named in messages."""
+    return "<stdin>" if path == STDIN else str(path)
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,15 @@ def guess_format(path: Path) -> str:
     raise UsageError(f"{path}: cannot tell the dataset format from its extension; pass --format ({', '.join(FORMATS)})")
 
 
-def read_records(path: Path, fmt: str, *, on_bytes: OnBytes = None) -> Iterator[Record]:
+def read_records(path: Path, fmt: str, *, on_bytes: OnBytes = None,
+                 digest: Any = None) -> Iterator[Record]:
     """Stream the records of a dataset file without loading it whole.
 
     Args:
-        path: The dataset file.
+        path: The dataset file; ``-`` reads standard input.
         fmt: One of ``FORMATS``.
         on_bytes: Called now and then with the number of bytes consumed so far, for a progress bar.
+        digest: A hashlib object fed every byte read (so an import knows its content's sha256).
 
     Raises:
         UsageError: At once, if ``fmt`` is unknown.
@@ -80,7 +91,7 @@ def read_records(path: Path, fmt: str, *, on_bytes: OnBytes = None) -> Iterator[
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown dataset format '{fmt}'; choose one of: {', '.join(FORMATS)}")
-    return _records(Path(path), fmt, on_bytes)
+    return _records(Path(path), fmt, on_bytes, digest)
 
 
 def cut(records: Iterable[Record], per_duty: int) -> Iterator[list[Record]]:
@@ -95,24 +106,53 @@ def cut(records: Iterable[Record], per_duty: int) -> Iterator[list[Record]]:
     return iter(lambda: list(islice(it, per_duty)), [])  # stops at the first empty slice
 
 
-def _records(path: Path, fmt: str, on_bytes: OnBytes) -> Iterator[Record]:
+class _Digesting(io.RawIOBase):
+    """A readable stream that feeds every byte it passes on to a hashlib object."""
+
+    def __init__(self, raw: BinaryIO, digest: Any, owned: bool) -> None:
+        super().__init__()
+        self.raw, self.digest, self.owned = raw, digest, owned
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.owned and not self.closed:
+            self.raw.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n
+
+
+def _open(path: Path, fmt: str, digest: Any) -> IO[Any]:
+    raw: BinaryIO = sys.stdin.buffer if path == STDIN else open(path, "rb")
+    binary = io.BufferedReader(_Digesting(raw, digest or hashlib.sha256(), raw is not sys.stdin.buffer))
+    if fmt == "json":
+        return binary
+    # csv wants newline="" so quoted newlines survive; the others split on "\n" only.
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape",
+                            newline="" if fmt == "csv" else "\n")
+
+
+def _records(path: Path, fmt: str, on_bytes: OnBytes, digest: Any) -> Iterator[Record]:
     count = 0
+    shown = display_name(path)
     try:
-        # csv wants newline="" so quoted newlines survive; the others split on "\n" only.
-        opened = open(path, "rb") if fmt == "json" else open(
-            path, encoding="utf-8", errors="surrogateescape", newline="" if fmt == "csv" else "\n"
-        )
-        with opened as f:
+        with _open(path, fmt, digest) as f:
             readers: dict[str, Callable[[Path, Any, OnBytes], Iterable[Record]]] = {
                 "csv": _csv, "json": _JsonArray, "jsonl": _jsonl, "lines": _lines
             }
             reader = readers[fmt]
-            for count, record in enumerate(reader(path, f, on_bytes), 1):
+            for count, record in enumerate(reader(Path(shown), f, on_bytes), 1):
                 yield record
     except OSError as e:
-        raise DatasetError(path, f"cannot read: {e.strerror or e}") from None
+        raise DatasetError(shown, f"cannot read: {e.strerror or e}") from None
     if not count:
-        raise DatasetError(path, "no records")
+        raise DatasetError(shown, "no records")
 
 
 def _text_lines(path: Path, f: IO[str], on_bytes: OnBytes) -> Iterator[tuple[int, str]]:

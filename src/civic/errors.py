@@ -36,6 +36,14 @@ class DatasetError(UsageError):
         super().__init__(f"{where}: {message}")
 
 
+class DuplicateDataset(UsageError):
+    """Raised when a dataset file is identical to one already imported for the model."""
+
+    def __init__(self, message: str, dataset_id: int) -> None:
+        self.dataset_id = dataset_id
+        super().__init__(message)
+
+
 class NotFound(CivicError):
     """Raised when a model, dataset or citizen named by the user does not exist."""
 

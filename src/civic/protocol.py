@@ -32,6 +32,7 @@ PROTOCOL_VERSION = 2  # 1 rejected unknown fields, so it could never grow
 SUPPORTED_VERSIONS = (2,)  # what this side accepts from a peer
 DEFAULT_PORT = 24842
 MAX_FRAME = 16 * 1024 * 1024  # largest JSON frame either side accepts
+MAX_INPUT = 8 * 1024 * 1024  # largest duty input (JSON bytes): one assignment always fits a frame
 CHUNK = 64 * 1024  # payload chunk size
 HEADER = struct.Struct(">I")
 

@@ -139,7 +139,7 @@ def test_import_overrides_records_per_duty_and_replication(database_url, h):
     assert {slots for *_, slots in duties} == {3}
 
     wide = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
-                                  replication=5)
+                                  replication=5, again=True)
     assert (wide.replication, wide.quorum) == (5, 2)  # the manifest's quorum
     assert h.fetch(database_url, "SELECT max_replicas FROM datasets WHERE id = %s",
                    (wide.id,)) == [(5,)]  # never fewer than the replication
@@ -248,7 +248,8 @@ def test_export_refuses_an_unknown_format(alphabet, database_url):
 
 
 def test_resolve_dataset_picks_the_latest_or_the_one_asked_for(alphabet, database_url, h):
-    later = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
+    later = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
+                                   again=True)
     assert catalog.resolve_dataset(database_url, "alphabet") == later.id
     assert catalog.resolve_dataset(database_url, "alphabet", alphabet.id) == alphabet.id
     with pytest.raises(NotFound):

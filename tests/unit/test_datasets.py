@@ -143,6 +143,13 @@ def test_json_streams_a_large_file_in_small_reads(tmp_path: Path, monkeypatch: p
             reads.append(n)
             return self.f.read(n)
 
+        def readinto(self, buffer: Any) -> int:
+            reads.append(len(buffer))
+            return self.f.readinto(buffer)
+
+        def close(self) -> None:
+            self.f.close()
+
         def __enter__(self) -> Spy:
             return self
 

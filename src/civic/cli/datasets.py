@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from civic.cli.context import Context
-from civic.datasets import FORMATS
+from civic.datasets import FORMATS, STDIN, display_name
 from civic.errors import UsageError
 from civic.store import catalog
 
@@ -20,7 +20,8 @@ app = typer.Typer(no_args_is_help=True, help="Import records for a model and cut
 def import_(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model the records are for.")],
-    file: Annotated[Path, typer.Argument(help="CSV, JSON (a list), JSON Lines or plain lines.")],
+    file: Annotated[Path, typer.Argument(help="CSV, JSON (a list), JSON Lines or plain lines; "
+                                              "- reads standard input.")],
     format: Annotated[Optional[str], typer.Option(
         "--format", help=f"One of {', '.join(FORMATS)}; default: from the manifest or the "
                          "file's extension.")] = None,
@@ -33,18 +34,21 @@ def import_(
     max_replicas: Annotated[Optional[int], typer.Option(
         "--max-replicas", min=1, help="Most replicas a duty may get when results disagree "
                                       "(default: the manifest's).")] = None,
+    again: Annotated[bool, typer.Option(
+        "--again", help="Import it even if a dataset of this model has the same bytes.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing."""
+    """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing. A file
+    identical to one already imported for MODEL is refused unless --again."""
     c: Context = ctx.obj
     if format is not None and format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if not file.is_file():
+    if file != STDIN and (not file.exists() or file.is_dir()):  # pipes (/dev/stdin) are fine
         raise UsageError(f"{file}: no such file")
     options = dict(fmt=format, records_per_duty=records_per_duty, replication=replication,
-                   quorum=quorum, max_replicas=max_replicas)
+                   quorum=quorum, max_replicas=max_replicas, again=again)
     url = c.database_url()
-    if c.err.is_terminal and not json:
+    if c.err.is_terminal and not json and file.is_file():
         columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, console=c.err, transient=True) as bar:
@@ -57,7 +61,8 @@ def import_(
     if json:
         c.print_json(imported.__dict__)
     else:
-        c.out.print(f"dataset {imported.id}: {imported.records} records from {file.name} "
+        c.out.print(f"dataset {imported.id}: {imported.records} records from "
+                    f"{display_name(file) if file == STDIN else file.name} "
                     f"({imported.format}) → {imported.duties} duties for {imported.model} "
                     f"v{imported.model_version}, replication {imported.replication}, "
                     f"quorum {imported.quorum}", highlight=False)

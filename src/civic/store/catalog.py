@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -13,9 +14,11 @@ from typing import Any, TextIO
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from civic.datasets import cut, guess_format, read_records
-from civic.errors import DatasetError, NotFound, UsageError
+from civic.datasets import (FORMATS, STDIN, Record, cut, display_name, guess_format,
+                            read_records)
+from civic.errors import DatasetError, DuplicateDataset, NotFound, UsageError
 from civic.models import Manifest, load_manifest, pack_bundle
+from civic.protocol import MAX_INPUT
 from civic.store.db import connect, transaction
 from civic.store.queries import q
 
@@ -90,8 +93,16 @@ def show_model(url: str, name: str) -> dict[str, Any]:
 def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
                    records_per_duty: int | None = None, replication: int | None = None,
                    quorum: int | None = None, max_replicas: int | None = None,
+                   again: bool = False,
                    on_bytes: Callable[[int], None] | None = None) -> DatasetImported:
-    """Stream a dataset file into duties with COPY, all in one transaction: all or nothing."""
+    """Stream a dataset file (``-``: standard input) into duties with COPY, all in one
+    transaction: all or nothing.
+
+    Raises:
+        DuplicateDataset: the file's bytes are those of a dataset already imported for this
+            model, and ``again`` is False (nothing is stored).
+        DatasetError: a record cannot be read, or a duty is too large to send to a citizen.
+    """
     with connect(url, row_factory=dict_row) as conn:
         row = _latest_model(conn, model)
     manifest = Manifest.from_dict(row["manifest"])
@@ -109,23 +120,48 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
     max_replicas = max_replicas or max(manifest.max_replicas, replication)
 
     records = duties = 0
+    content = hashlib.sha256()
+    shown = display_name(path)
     with transaction(url) as conn:
         dataset_id = conn.execute(q("insert_dataset"), {
-            "model_id": row["id"], "source": str(path), "format": fmt,
+            "model_id": row["id"], "source": shown, "format": fmt,
             "records_per_duty": per_duty, "replication": replication, "quorum": quorum,
             "max_replicas": max_replicas, "max_attempts": manifest.max_attempts}).fetchone()[0]
         with conn.cursor().copy(q("copy_duties")) as copy:
-            for duty in cut(read_records(path, fmt, on_bytes=on_bytes), per_duty):
-                try:
-                    values = json.dumps([r.value for r in duty], allow_nan=False)
-                except ValueError as exc:
-                    raise DatasetError(path, f"record cannot be stored: {exc}", duty[0].line)
-                copy.write_row((dataset_id, row["id"], records, values, replication))
+            for duty in cut(read_records(path, fmt, on_bytes=on_bytes, digest=content), per_duty):
+                copy.write_row((dataset_id, row["id"], records, _duty_input(shown, duty),
+                                replication))
                 records += len(duty)
                 duties += 1
-        conn.execute(q("count_dataset"), {"id": dataset_id, "records": records, "duties": duties})
+        sha256 = content.hexdigest()
+        conn.execute(q("count_dataset"), {"id": dataset_id, "records": records, "duties": duties,
+                                          "sha256": sha256})
+        earlier = conn.execute(q("same_content"), {"model": model, "sha256": sha256,
+                                                   "id": dataset_id}).fetchone()
+        if earlier is not None and not again:
+            raise DuplicateDataset(
+                f"{shown} holds the same bytes as dataset {earlier[0]} of {model} (imported "
+                f"{earlier[1]:%Y-%m-%d %H:%M}); nothing imported — pass --again to compute it "
+                "again", earlier[0])
     return DatasetImported(dataset_id, model, row["version"], fmt, records, duties,
                            replication, quorum)
+
+
+def _duty_input(source: str, duty: list[Record]) -> str:
+    """A duty's records as the JSON text stored and sent to citizens, refused when a frame
+    could not carry it."""
+    try:
+        text = json.dumps([r.value for r in duty], allow_nan=False)
+    except ValueError as exc:
+        raise DatasetError(source, f"record cannot be stored: {exc}", duty[0].line) from None
+    # len() counts characters, and a character is at most 4 bytes: encode only when it matters.
+    if len(text) > MAX_INPUT // 4 and (size := len(text.encode())) > MAX_INPUT:
+        what = ("this record alone" if len(duty) == 1 else
+                f"the duty of {len(duty)} records starting here (use fewer --records-per-duty)")
+        raise DatasetError(source, f"{what} is {size / 2**20:.1f} MiB of JSON ({size} bytes), "
+                                   f"above the {MAX_INPUT} bytes ({MAX_INPUT // 2**20} MiB) a "
+                                   "duty may carry to a citizen", duty[0].line)
+    return text
 
 
 def _format_of(path: Path, manifest_format: str | None) -> str:
@@ -135,6 +171,9 @@ def _format_of(path: Path, manifest_format: str | None) -> str:
     except UsageError:
         if manifest_format:
             return manifest_format
+        if path == STDIN:
+            raise UsageError("reading a dataset from standard input: pass --format "
+                             f"({', '.join(FORMATS)})") from None
         raise
 
 

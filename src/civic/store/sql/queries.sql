@@ -37,11 +37,20 @@ VALUES (%(model_id)s, %(source)s, %(format)s, 0, 0, %(records_per_duty)s,
         %(replication)s, %(quorum)s, %(max_replicas)s, %(max_attempts)s)
 RETURNING id;
 
+-- name: same_content
+-- An earlier dataset of this model (any version) with the same source bytes.
+SELECT d.id, d.created_at, m.version AS model_version, d.records_per_duty
+FROM datasets d JOIN models m ON m.id = d.model_id
+WHERE m.name = %(model)s AND d.sha256 = %(sha256)s AND d.id <> %(id)s
+ORDER BY d.id DESC
+LIMIT 1;
+
 -- name: copy_duties
 COPY duties (dataset_id, model_id, first_record, input, open_slots) FROM STDIN;
 
 -- name: count_dataset
-UPDATE datasets SET records = %(records)s, duties = %(duties)s WHERE id = %(id)s;
+UPDATE datasets SET records = %(records)s, duties = %(duties)s, sha256 = %(sha256)s
+WHERE id = %(id)s;
 
 -- name: list_datasets
 SELECT d.id, m.name AS model, m.version AS model_version, d.source, d.format, d.records,
