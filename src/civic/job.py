@@ -5,6 +5,8 @@ This is what ``civic run DIR`` does; it sits above the server, the citizens and 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -39,9 +41,11 @@ class JobReport:
 
 
 def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | None,
-            citizens: int | None, on_progress: Callable[[dict[str, int]], None] | None = None,
+            citizens: int | None, again: bool = False,
+            on_progress: Callable[[dict[str, int]], None] | None = None,
             on_event: Callable[[str], None] | None = None) -> JobReport:
-    """Add the model, import the dataset, compute it with local citizens and wait for the end."""
+    """Add the model, import the dataset (or resume the one with the same bytes), compute it
+    with citizens of this job's own, and wait until no duty of it can progress."""
     event = on_event or (lambda _: None)
     manifest = load_manifest(model_dir)  # fail on a bad manifest before anything starts
     # A duty needs `replication` different citizens: with fewer, the run could never finish.
@@ -59,17 +63,28 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
 
     added = catalog.add_model(url, model_dir)
     event(f"model {added.name} v{added.version}" + ("" if added.changed else " (unchanged)"))
-    imported = catalog.import_dataset(url, added.name, dataset)
-    event(f"dataset {imported.id}: {imported.records} records → {imported.duties} duties, "
-          f"replication {imported.replication}, quorum {imported.quorum}")
-
-    server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0))
-    host, port = server.start()
-    runtime = ProcessRuntime(settings.citizens_dir, log_dir=settings.home / "logs")
-    names = [f"{socket.gethostname()}-run-{i}" for i in range(1, citizens + 1)]
-    spawned = []
-    try:
+    resumed = None if again else catalog.resumable_dataset(url, added, dataset)
+    imported = resumed or catalog.import_dataset(url, added.name, dataset, again=True)
+    progress = catalog.progress(url, imported.id)
+    if resumed is None:
+        event(f"dataset {imported.id}: {imported.records} records → {imported.duties} duties, "
+              f"replication {imported.replication}, quorum {imported.quorum}")
+    else:
+        finished = progress["pending"] == 0
+        event(f"dataset {imported.id}, from the same file and model version, was "
+              f"{'computed' if finished else 'begun'} by an earlier run: "
+              f"{'showing' if finished else 'resuming'} it (--again computes it afresh)")
+    if progress["pending"] == 0:  # nothing to start
+        return JobReport(added, imported, progress, catalog.unfinished_duties(url, imported.id))
+    with contextlib.ExitStack() as stack:
+        names = _claim_names(stack, settings.citizens_dir, f"{socket.gethostname()}-run",
+                             citizens)
+        server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0))
+        host, port = server.start()
+        stack.callback(server.stop)
+        runtime = ProcessRuntime(settings.citizens_dir, log_dir=settings.home / "logs")
         spawned = runtime.spawn(Joining(f"{host}:{port}", token=catalog.join_token(url)), names)
+        stack.callback(runtime.stop, spawned)
         event(f"server on {host}:{port}, {citizens} citizens (logs in {settings.home / 'logs'})")
         while True:
             progress = catalog.progress(url, imported.id)
@@ -80,7 +95,25 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
             if not any(c.running for c in spawned):
                 raise CivicError(f"every citizen exited; see {settings.home / 'logs'}")
             time.sleep(POLL)
-    finally:
-        runtime.stop(spawned)
-        server.stop()
     return JobReport(added, imported, progress, catalog.unfinished_duties(url, imported.id))
+
+
+def _claim_names(stack: contextlib.ExitStack, directory: Path, prefix: str,
+                 count: int) -> list[str]:
+    """The first ``count`` citizen names PREFIX-N that no other job on this home holds now.
+
+    A job holds a lock file per name for as long as it runs, so two jobs at once never share a
+    citizen identity or bundle cache, and later jobs reuse the same few identities.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    index = 0
+    while len(names) < count:
+        index += 1
+        lock = stack.enter_context(open(directory / f"{prefix}-{index}.lock", "a"))
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # another job's citizen
+        names.append(f"{prefix}-{index}")
+    return names

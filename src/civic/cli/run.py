@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from civic.cli.context import Context
-from civic.errors import RunIncomplete
+from civic.errors import RunIncomplete, UsageError
 from civic.job import run_job
 from civic.store import catalog
 
@@ -27,9 +28,21 @@ def run(
                                         "at least the model's replication).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the results to this file (.csv or .jsonl).")] = None,
+    again: Annotated[bool, typer.Option(
+        "--again", help="Compute the dataset afresh even if an earlier run of the same model "
+                        "and file exists (by default that run is resumed).")] = False,
 ) -> None:
-    """Add the model, import its dataset, compute it with local citizens, print the results."""
+    """Add the model, import its dataset, compute it with local citizens, print the results.
+
+    Run again with the same model and file, it resumes (or just shows) what the earlier run did.
+    """
     c: Context = ctx.obj
+    if output is not None:  # checked before any computing, not after it
+        folder = output.parent
+        if not folder.is_dir():
+            raise UsageError(f"-o {output}: the directory {folder} does not exist")
+        if not os.access(folder, os.W_OK) or output.is_dir():
+            raise UsageError(f"-o {output}: cannot write there")
     url = c.database_url()
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -40,7 +53,7 @@ def run(
             bar.update(task, total=p["total"], completed=p["total"] - p["pending"])
 
         report = run_job(url, c.settings, directory, dataset=dataset, citizens=citizens,
-                         on_progress=on_progress, on_event=c.note)
+                         again=again, on_progress=on_progress, on_event=c.note)
     p = report.progress
     c.note(f"{p['done']} of {p['total']} duties verified"
            + "".join(f", {p[k]} {k}" for k in ("failed", "inconclusive") if p[k]))

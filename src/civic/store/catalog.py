@@ -147,6 +147,21 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
                            replication, quorum)
 
 
+def resumable_dataset(url: str, model: ModelAdded, path: Path) -> DatasetImported | None:
+    """A dataset of this model version cut as its manifest says from a file with these bytes:
+    what an interrupted or earlier ``civic run`` of the same job left."""
+    with open(path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    with connect(url, row_factory=dict_row) as conn:
+        row = conn.execute(q("resumable_dataset"), {
+            "model": model.name, "version": model.version, "sha256": sha256,
+            "records_per_duty": model.manifest.records_per_duty}).fetchone()
+    if row is None:
+        return None
+    return DatasetImported(row["id"], model.name, model.version, row["format"], row["records"],
+                           row["duties"], row["replication"], row["quorum"])
+
+
 def _duty_input(source: str, duty: list[Record]) -> str:
     """A duty's records as the JSON text stored and sent to citizens, refused when a frame
     could not carry it."""

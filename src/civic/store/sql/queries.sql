@@ -37,6 +37,15 @@ VALUES (%(model_id)s, %(source)s, %(format)s, 0, 0, %(records_per_duty)s,
         %(replication)s, %(quorum)s, %(max_replicas)s, %(max_attempts)s)
 RETURNING id;
 
+-- name: resumable_dataset
+-- The latest dataset of this very model version cut the same way from the same bytes.
+SELECT d.id, d.format, d.records, d.duties, d.replication, d.quorum
+FROM datasets d JOIN models m ON m.id = d.model_id
+WHERE m.name = %(model)s AND m.version = %(version)s AND d.sha256 = %(sha256)s
+  AND d.records_per_duty = %(records_per_duty)s
+ORDER BY d.id DESC
+LIMIT 1;
+
 -- name: same_content
 -- An earlier dataset of this model (any version) with the same source bytes.
 SELECT d.id, d.created_at, m.version AS model_version, d.records_per_duty
