@@ -59,7 +59,8 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
 
     added = catalog.add_model(url, model_dir)
     event(f"model {added.name} v{added.version}" + ("" if added.changed else " (unchanged)"))
-    imported = catalog.import_dataset(url, added.name, dataset)
+    # One machine by nature: its citizens are the distinct sources a quorum can have.
+    imported = catalog.import_dataset(url, added.name, dataset, distinct="citizen")
     event(f"dataset {imported.id}: {imported.records} records → {imported.duties} duties, "
           f"replication {imported.replication}, quorum {imported.quorum}")
 

@@ -33,6 +33,9 @@ def import_(
     max_replicas: Annotated[Optional[int], typer.Option(
         "--max-replicas", min=1, help="Most replicas a duty may get when results disagree "
                                       "(default: the manifest's).")] = None,
+    distinct: Annotated[Optional[str], typer.Option(
+        "--distinct", help="Results that count toward a quorum come from distinct volunteer, "
+                           "host or citizen (default: the manifest's, else host).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing."""
@@ -42,7 +45,7 @@ def import_(
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     options = dict(fmt=format, records_per_duty=records_per_duty, replication=replication,
-                   quorum=quorum, max_replicas=max_replicas)
+                   quorum=quorum, max_replicas=max_replicas, distinct=distinct)
     url = c.database_url()
     if c.err.is_terminal and not json:
         columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),
