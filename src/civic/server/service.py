@@ -200,9 +200,9 @@ class Server:
         """Close the connection of a citizen whose volunteer was removed."""
         log.warning("%s: its volunteer was removed; dropping it", conn.name)
         conn.refused = True
-        with contextlib.suppress(Exception):
-            await conn.send(p.Error("refused", "this citizen's volunteer was removed from "
-                                               "this server"))
+        with contextlib.suppress(Exception):  # a peer that reads nothing must not stall this
+            await asyncio.wait_for(conn.send(p.Error(
+                "refused", "this citizen's volunteer was removed from this server")), 1.0)
         conn.writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
