@@ -71,8 +71,8 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict (for PostgreSQL jsonb)."""
-        return asdict(self) | {"files": list(self.files),
-                               "platforms": None if self.platforms is None else list(self.platforms)}
+        platforms = None if self.platforms is None else list(self.platforms)
+        return asdict(self) | {"files": list(self.files), "platforms": platforms}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -244,10 +244,11 @@ def load_manifest(model_dir: Path) -> Manifest:
     memory = memory and memory.strip().lower()
     top.check(memory is None or _MEMORY.fullmatch(memory), "memory", f"must look like 512m or 2g, got {memory!r}")
     distinct = top.get("distinct", str, "host", "one of " + ", ".join(DISTINCT))
-    top.check(distinct in DISTINCT, "distinct", f"must be one of {', '.join(DISTINCT)}, got {distinct!r:.60}")
+    top.check(distinct in DISTINCT, "distinct",
+              f"must be one of {', '.join(DISTINCT)}, got {distinct!r:.60}")
     platforms = top.get("platforms", list, None, "a list of platforms like linux-x86_64")
-    top.check(platforms is None or (platforms and all(isinstance(x, str) and x.strip() and " " not in x.strip()
-                                                      for x in platforms)),
+    top.check(platforms is None or (platforms and all(
+        isinstance(x, str) and x.strip() and " " not in x.strip() for x in platforms)),
               "platforms", "must be a non-empty list of platform names like linux-x86_64")
     compare = top.get("compare", (str, dict), "exact", "'exact' or a mapping like {tolerance: 1e-9}")
     top.check(isinstance(compare, dict) or compare == "exact", "compare", "must be 'exact' or {tolerance: ...}")

@@ -48,7 +48,8 @@ def status(ctx: typer.Context,
         ago = int((now - r["last_seen_at"]).total_seconds())
         rest = r["cooldown_until"]
         table.add_row(r["name"], str(r["id"])[:8], r["volunteer"],
-                      "yes" if r["connected"] else "no", f"{ago}s ago", *(str(r[k]) for k in ("leased", "valid_count",
-                                                            "invalid_count", "error_count")),
+                      "yes" if r["connected"] else "no", f"{ago}s ago",
+                      *(str(r[k]) for k in ("leased", "valid_count", "invalid_count",
+                                            "error_count")),
                       f"{int((rest - now).total_seconds())}s more" if rest else "-")
     c.out.print(table)
