@@ -64,7 +64,9 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
     added = catalog.add_model(url, model_dir)
     event(f"model {added.name} v{added.version}" + ("" if added.changed else " (unchanged)"))
     resumed = None if again else catalog.resumable_dataset(url, added, dataset)
-    imported = resumed or catalog.import_dataset(url, added.name, dataset, again=True)
+    # One machine by nature: its citizens are the distinct sources a quorum can have.
+    imported = resumed or catalog.import_dataset(url, added.name, dataset, again=True,
+                                                 distinct="citizen")
     progress = catalog.progress(url, imported.id)
     if resumed is None:
         event(f"dataset {imported.id}: {imported.records} records → {imported.duties} duties, "
@@ -79,13 +81,15 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
     with contextlib.ExitStack() as stack:
         names = _claim_names(stack, settings.citizens_dir, f"{socket.gethostname()}-run",
                              citizens)
-        server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0))
+        server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0,
+                                                 datasets=(imported.id,)))
         host, port = server.start()
         stack.callback(server.stop)
         runtime = ProcessRuntime(settings.citizens_dir, log_dir=settings.home / "logs")
         spawned = runtime.spawn(Joining(f"{host}:{port}", token=catalog.join_token(url)), names)
         stack.callback(runtime.stop, spawned)
         event(f"server on {host}:{port}, {citizens} citizens (logs in {settings.home / 'logs'})")
+        stalls = _Stalls(url, imported.id, event)
         while True:
             progress = catalog.progress(url, imported.id)
             if on_progress:
@@ -94,8 +98,52 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
                 break
             if not any(c.running for c in spawned):
                 raise CivicError(f"every citizen exited; see {settings.home / 'logs'}")
+            stalls.check()
             time.sleep(POLL)
     return JobReport(added, imported, progress, catalog.unfinished_duties(url, imported.id))
+
+
+class _Stalls:
+    """Fails the duties that no citizen of the run can ever compute, saying why, so a run
+    never waits on work nobody can do.
+
+    A reason must hold on two checks in a row (a citizen reconnecting, a lease being reaped
+    can make one reading wrong), and a duty waiting for distinct citizens counts as stuck only
+    when none of its replicas is still out (one that fails would free its citizen).
+    """
+
+    EVERY = 2.0  # seconds between checks
+
+    def __init__(self, url: str, dataset_id: int, event: Callable[[str], None]) -> None:
+        self.url, self.dataset_id, self.event = url, dataset_id, event
+        self.last = 0.0
+        self.seen: set[tuple[str, int]] = set()  # (reason, duty id or 0 for all) seen last time
+        self.told: set[str] = set()
+
+    def check(self) -> None:
+        if time.monotonic() - self.last < self.EVERY:
+            return
+        self.last = time.monotonic()
+        now: set[tuple[str, int]] = set()
+        for wait in catalog.waiting(self.url, self.dataset_id):
+            if wait.kind == "no-citizen":
+                continue  # starting up; "every citizen exited" covers the rest
+            if wait.kind == "resting":  # they come back after their cool-down
+                if wait.reason not in self.told:
+                    self.told.add(wait.reason)
+                    self.event(f"{wait.duties} duties wait: {wait.reason}")
+                continue
+            if wait.kind == "distinct":
+                now |= {(wait.reason, i) for i in catalog.unleased(self.url, wait.duty_ids)}
+            else:
+                now.add((wait.reason, 0))
+        for reason, duty_id in now & self.seen:
+            ids = None if duty_id == 0 else [duty_id]
+            if catalog.fail_duties(self.url, self.dataset_id,
+                                   f"no citizen of this run can compute it: {reason}", ids):
+                self.event(f"{'duty ' + str(duty_id) if duty_id else 'every waiting duty'} "
+                           f"failed: {reason}")
+        self.seen = now - self.seen
 
 
 def _claim_names(stack: contextlib.ExitStack, directory: Path, prefix: str,

@@ -23,7 +23,10 @@ from civic.errors import ManifestError
 MANIFEST = "civic.yaml"
 INPUT_FORMATS = ("csv", "json", "jsonl", "lines")
 _KEYS = {"name", "version", "description", "files", "build", "run", "dataset", "input", "replication",
-         "quorum", "max_replicas", "max_attempts", "timeout", "memory", "compare"}
+         "quorum", "max_replicas", "max_attempts", "timeout", "memory", "compare", "distinct",
+         "platforms"}
+DISTINCT = ("volunteer", "host", "citizen")  # whose results count once toward a quorum
+_UNITS = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _MEMORY = re.compile(r"[1-9][0-9]*[bkmg]")
 _REQUIRED: Any = object()
@@ -58,15 +61,34 @@ class Manifest:
     timeout: float
     memory: str | None
     tolerance: float | None  # None means results must match exactly
+    distinct: str = "host"  # results that count come from distinct volunteers, hosts or citizens
+    platforms: tuple[str, ...] | None = None  # e.g. ("linux-x86_64",); None: any platform
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """The memory limit in bytes, or None without one."""
+        return memory_bytes(self.memory)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict (for PostgreSQL jsonb)."""
-        return asdict(self) | {"files": list(self.files)}
+        platforms = None if self.platforms is None else list(self.platforms)
+        return asdict(self) | {"files": list(self.files), "platforms": platforms}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        """Rebuild a manifest from :meth:`to_dict` output."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)} | {"files": tuple(data["files"])})
+        """Rebuild a manifest from :meth:`to_dict` output (keys added since default)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["files"] = tuple(data["files"])
+        if values.get("platforms") is not None:
+            values["platforms"] = tuple(values["platforms"])
+        return cls(**values)
+
+
+def memory_bytes(memory: str | None) -> int | None:
+    """Bytes of a manifest memory limit like ``512m`` (None stays None)."""
+    if memory is None:
+        return None
+    return int(memory[:-1]) * _UNITS[memory[-1]]
 
 
 @dataclass(frozen=True)
@@ -221,6 +243,13 @@ def load_manifest(model_dir: Path) -> Manifest:
     memory = top.get("memory", str, None, "a string like 512m or 2g")
     memory = memory and memory.strip().lower()
     top.check(memory is None or _MEMORY.fullmatch(memory), "memory", f"must look like 512m or 2g, got {memory!r}")
+    distinct = top.get("distinct", str, "host", "one of " + ", ".join(DISTINCT))
+    top.check(distinct in DISTINCT, "distinct",
+              f"must be one of {', '.join(DISTINCT)}, got {distinct!r:.60}")
+    platforms = top.get("platforms", list, None, "a list of platforms like linux-x86_64")
+    top.check(platforms is None or (platforms and all(
+        isinstance(x, str) and x.strip() and " " not in x.strip() for x in platforms)),
+              "platforms", "must be a non-empty list of platform names like linux-x86_64")
     compare = top.get("compare", (str, dict), "exact", "'exact' or a mapping like {tolerance: 1e-9}")
     top.check(isinstance(compare, dict) or compare == "exact", "compare", "must be 'exact' or {tolerance: ...}")
     try:
@@ -245,6 +274,8 @@ def load_manifest(model_dir: Path) -> Manifest:
         memory=memory,
         tolerance=(_Section(path, compare, "compare.", {"tolerance"}).number("tolerance", _REQUIRED)
                    if isinstance(compare, dict) else None),
+        distinct=distinct,
+        platforms=None if platforms is None else tuple(x.strip() for x in platforms),
     )
 
 

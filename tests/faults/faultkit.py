@@ -225,12 +225,16 @@ class Cluster:
             self._token = done.stdout.strip()
         return self._token
 
-    def agent(self, name: str, *, path_first: Path | None = None, **env: str) -> Proc:
+    def agent(self, name: str, *, path_first: Path | None = None, token: str | None = None,
+              host: str | None = None, **env: str) -> Proc:
         """One citizen agent we control (SIGKILL-able), with its own home. ``path_first``
-        goes ahead of everything on its PATH (e.g. a liar's fake python3)."""
+        goes ahead of everything on its PATH (e.g. a liar's fake python3); ``token`` is the
+        join token (default: the server's); ``host`` its host key (default: a key of its own,
+        as if each agent ran on a machine of its own)."""
         return self.start(name, [PYTHON, "-m", "civic.citizen.agent", self.address,
                                  "--home", str(self.root / "citizens" / name), "--name", name],
-                          path_first=path_first, CIVIC_TOKEN=self.token, **env)
+                          path_first=path_first, CIVIC_TOKEN=token or self.token,
+                          CIVIC_HOST_KEY=host or f"host-of-{name}", **env)
 
     def spawn(self, count: int, prefix: str = "citizen", **env: str) -> Proc:
         """`civic citizen spawn --runtime process`: COUNT agents as children of one command."""

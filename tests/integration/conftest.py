@@ -176,8 +176,9 @@ async def new_citizen(pool: AsyncConnectionPool, name: str) -> str:
 
 
 async def lease(pool: AsyncConnectionPool, citizen_id: str, count: int = 1,
-                margin: float = 30.0) -> list[p.Assignment]:
-    return await call(pool, work.lease, citizen_id, count, margin)
+                **options: Any) -> list[p.Assignment]:
+    """Lease as a server would; ``options`` as work.lease takes them (window, cap, pause...)."""
+    return await call(pool, work.lease, citizen_id, count, **options)
 
 
 async def submit(pool: AsyncConnectionPool, citizen_id: str, replica_id: int, output: Any = None,

@@ -88,7 +88,7 @@ def test_lease_gives_each_duty_to_distinct_citizens_up_to_its_replication(alphab
         async with h.open_pool(database_url) as pool:
             a, b, c = [await h.new_citizen(pool, name) for name in "abc"]
 
-            first = await h.lease(pool, a, count=1, margin=7)
+            first = await h.lease(pool, a, count=1, window=7)
             assert len(first) == 1
             one = first[0]
             assert (one.model, one.model_version, one.input) == ("alphabet", 1, [{"letter": "a"}])
@@ -113,7 +113,7 @@ def test_lease_gives_each_duty_to_distinct_citizens_up_to_its_replication(alphab
     assert h.fetch(database_url, "SELECT DISTINCT open_slots FROM duties") == [(0,)]
     (seconds,), = h.fetch(database_url, "SELECT extract(epoch FROM deadline - leased_at)::float8"
                                         " FROM replicas WHERE id = %s", (one.replica_id,))
-    assert seconds == pytest.approx(30 + 7, abs=1)  # the model's timeout + the margin
+    assert seconds == pytest.approx(7, abs=1)  # the start window, until it is started
 
 
 def test_concurrent_leases_never_exceed_the_open_slots(database_url, h):
@@ -124,7 +124,7 @@ def test_concurrent_leases_never_exceed_the_open_slots(database_url, h):
 
     async def lease_in_transaction(conn, citizen_id):
         async with conn.transaction():
-            got = await work.lease(conn, citizen_id, 10, 30.0)
+            got = await work.lease(conn, citizen_id, 10)
             await asyncio.sleep(0.2)  # hold the row locks while the others lease
         return got
 
@@ -329,7 +329,8 @@ def test_release_by_id_reopens_the_slot_and_counts_a_failure(alphabet, database_
     assert _duty(database_url, h, other.duty_id)[2] == 0
 
 
-def test_overdue_replicas_are_released_and_fail_the_duty_after_max_attempts(alphabet, database_url, h):
+def test_overdue_started_replicas_are_released_and_fail_the_duty_after_max_attempts(
+        alphabet, database_url, h):
     async def scenario():
         async with h.open_pool(database_url) as pool:
             citizens = [await h.new_citizen(pool, f"c{i}") for i in range(4)]
@@ -338,7 +339,8 @@ def test_overdue_replicas_are_released_and_fail_the_duty_after_max_attempts(alph
             assert await h.call(pool, work.release, ids=[], overdue=True, error="late") == 0
 
             for attempt, citizen in enumerate(citizens[1:], 1):
-                h.execute(database_url, "UPDATE replicas SET deadline = now() - interval '1 second'"
+                h.execute(database_url, "UPDATE replicas SET deadline = now() - interval '1 second',"
+                                        " started_at = now() - interval '2 seconds'"
                                         " WHERE duty_id = %s AND state = 'leased'", (duty,))
                 lost = await h.call(pool, work.release, ids=[], overdue=True,
                                     error="deadline passed")

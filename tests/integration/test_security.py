@@ -84,7 +84,11 @@ def test_silent_connections_are_capped_per_address(alphabet, database_url):
     asyncio.run(scenario())
 
 
-def test_a_heartbeat_moves_the_deadline_on(alphabet, database_url, h):
+def test_a_heartbeat_moves_only_the_deadline_of_the_replica_it_starts(alphabet, database_url,
+                                                                       h):
+    """Holding a replica extends nothing; starting it gives it the model's timeout + margin
+    from then, once."""
+
     async def scenario():
         async with running_server(database_url) as server:
             client = await Client.connect(server)
@@ -95,13 +99,20 @@ def test_a_heartbeat_moves_the_deadline_on(alphabet, database_url, h):
             await client.send(p.Heartbeat([held.replica_id]))
             await client.send(p.RequestDuty(1))  # answered after the heartbeat was handled
             await client.recv()
+            (held_only,) = h.fetch(database_url, "SELECT extract(epoch FROM deadline - now())"
+                                                 " FROM replicas WHERE id = %s",
+                                   (held.replica_id,))
+            await client.send(p.Heartbeat([held.replica_id], running=[held.replica_id]))
+            await client.send(p.RequestDuty(1))
+            await client.recv()
             await client.close()
-            return held
+            return held, held_only[0]
 
-    held = asyncio.run(scenario())
+    held, held_only = asyncio.run(scenario())
+    assert held_only < 1.5  # a heartbeat alone moved nothing
     ((seconds,),) = h.fetch(database_url, "SELECT extract(epoch FROM deadline - now())"
                                           " FROM replicas WHERE id = %s", (held.replica_id,))
-    assert seconds > 20  # timeout 30 s + margin, from the heartbeat on
+    assert seconds > 20  # timeout 30 s + margin, from its start on
 
 
 def test_a_citizen_that_keeps_disagreeing_is_rested(database_url, h):
@@ -168,7 +179,8 @@ def test_tls_carries_the_whole_exchange(alphabet, database_url, tmp_path, certif
 
             token = catalog.join_token(database_url)
             agents = [asyncio.create_task(Agent(AgentOptions(
-                f"{host}:{port}", tmp_path / name, name, token=token, tls=True, ca=cert)).run())
+                f"{host}:{port}", tmp_path / name, name, token=token, tls=True, ca=cert,
+                host=f"host-{name}")).run())
                 for name in ("t1", "t2")]
             try:
                 done = await wait_for(lambda: catalog.progress(database_url, alphabet.id)

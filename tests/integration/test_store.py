@@ -44,7 +44,7 @@ def test_migrated_schema_has_tables_and_enums(database_url, h):
     tables = {row[0] for row in h.fetch(
         database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"civic_migrations", "bundles", "models", "datasets", "duties", "citizens",
-            "replicas"} <= tables
+            "replicas", "volunteers"} <= tables
 
     def labels(enum: str) -> list[str]:
         return [row[0] for row in h.fetch(
@@ -52,7 +52,8 @@ def test_migrated_schema_has_tables_and_enums(database_url, h):
                           " WHERE t.typname = %s ORDER BY e.enumsortorder", (enum,))]
 
     assert labels("duty_state") == ["pending", "done", "inconclusive", "failed"]
-    assert labels("replica_state") == ["leased", "returned", "valid", "invalid", "error", "expired"]
+    assert labels("replica_state") == ["leased", "returned", "valid", "invalid", "error", "expired",
+                                       "late"]
     assert migrate(database_url) == []  # the per-test copy is already up to date
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from civic.citizen.bundles import sha256_file, unpack_bundle
 from civic.errors import CivicError, ManifestError, ModelFailed
-from civic.models import MANIFEST, Manifest, load_manifest, pack_bundle
+from civic.models import MANIFEST, Manifest, load_manifest, memory_bytes, pack_bundle
 
 MINIMAL = "name: alphabet\nrun: ./alphabet {input} {output}\n"
 
@@ -53,6 +53,19 @@ def test_minimal_manifest_gets_defaults(tmp_path: Path) -> None:
     )
 
 
+def test_a_manifest_stored_before_distinct_and_platforms_still_loads(tmp_path: Path) -> None:
+    m = load_manifest(make_model(tmp_path / "m"))
+    old = {k: v for k, v in m.to_dict().items() if k not in ("distinct", "platforms")}
+    assert Manifest.from_dict(old) == m
+    assert (m.distinct, m.platforms, m.memory_bytes) == ("host", None, None)
+
+
+@pytest.mark.parametrize(("text", "size"), [("1b", 1), ("2k", 2048), ("3m", 3 * 2**20),
+                                            ("4g", 4 * 2**30), (None, None)])
+def test_memory_bytes(text: str | None, size: int | None) -> None:
+    assert memory_bytes(text) == size
+
+
 def test_full_manifest(tmp_path: Path) -> None:
     text = """
 name: alphabet
@@ -69,6 +82,8 @@ max_attempts: 5
 timeout: 1.5
 memory: 512M
 compare: {tolerance: 1e-9}
+distinct: volunteer
+platforms: [linux-x86_64, linux-aarch64]
 """
     m = load_manifest(make_model(tmp_path / "m", text))
     assert m.version == "1.10"  # the literal text, not the float 1.1
@@ -76,6 +91,8 @@ compare: {tolerance: 1e-9}
     assert (m.input_format, m.records_per_duty) == ("csv", 5)
     assert (m.replication, m.quorum, m.max_replicas, m.max_attempts) == (3, 2, 6, 5)
     assert (m.timeout, m.memory, m.tolerance) == (1.5, "512m", 1e-9)
+    assert (m.memory_bytes, m.distinct, m.platforms) == (512 * 2**20, "volunteer",
+                                                         ("linux-x86_64", "linux-aarch64"))
     assert Manifest.from_dict(m.to_dict()) == m
     assert yaml.safe_load(yaml.safe_dump(m.to_dict())) == m.to_dict()  # plain JSON-able types only
 
@@ -95,6 +112,10 @@ compare: {tolerance: 1e-9}
         ("name: a\nrun: x {input} {output}\nreplication: yes\n", "replication", "integer"),
         ("name: a\nrun: x {input} {output}\nmemory: lots\n", "memory", "512m"),
         ("name: a\nrun: x {input} {output}\ntimeout: 0\n", "timeout", "> 0"),
+        ("name: a\nrun: x {input} {output}\ndistinct: planet\n", "distinct", "volunteer, host, citizen"),
+        ("name: a\nrun: x {input} {output}\nplatforms: linux\n", "platforms", "a list"),
+        ("name: a\nrun: x {input} {output}\nplatforms: []\n", "platforms", "non-empty"),
+        ("name: a\nrun: x {input} {output}\nplatforms: [linux x86]\n", "platforms", "linux-x86_64"),
         ("name: a\nrun: x {input} {output}\ncompare: fuzzy\n", "compare", "exact"),
         ("name: a\nrun: x {input} {output}\ncompare: {tolerance: -1}\n", "compare.tolerance", ">= 0"),
         ("name: a\nrun: x {input} {output}\nfiles: ['*.rs']\n", "files", "matches no files"),

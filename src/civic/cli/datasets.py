@@ -36,6 +36,9 @@ def import_(
                                       "(default: the manifest's).")] = None,
     again: Annotated[bool, typer.Option(
         "--again", help="Import it even if a dataset of this model has the same bytes.")] = False,
+    distinct: Annotated[Optional[str], typer.Option(
+        "--distinct", help="Results that count toward a quorum come from distinct volunteer, "
+                           "host or citizen (default: the manifest's, else host).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Stream FILE into duties for MODEL, all or nothing: a bad record stores nothing. A file
@@ -46,7 +49,8 @@ def import_(
     if file != STDIN and (not file.exists() or file.is_dir()):  # pipes (/dev/stdin) are fine
         raise UsageError(f"{file}: no such file")
     options = dict(fmt=format, records_per_duty=records_per_duty, replication=replication,
-                   quorum=quorum, max_replicas=max_replicas, again=again)
+                   quorum=quorum, max_replicas=max_replicas, again=again,
+                   distinct=distinct)
     url = c.database_url()
     if c.err.is_terminal and not json and file.is_file():
         columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),

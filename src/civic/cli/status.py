@@ -1,4 +1,5 @@
-"""``civic status``: duties by state per dataset, and every citizen seen."""
+"""``civic status``: duties by state per dataset (and what waiting duties wait for), and every
+citizen seen."""
 
 from __future__ import annotations
 
@@ -33,17 +34,22 @@ def status(ctx: typer.Context,
                           *(str(d[k]) for k in ("duties", "done", "pending", "failed",
                                                 "inconclusive")), share)
         c.out.print(table)
+        for d in data["datasets"]:
+            for w in d["waiting"]:
+                c.out.print(f"dataset {d['id']}: {w['duties']} duties wait: {w['reason']}",
+                            highlight=False)
     if not data["citizens"]:
         c.out.print("no citizens seen yet")
         return
-    table = Table("citizen", "id", "connected", "last seen", "leased", "valid", "invalid",
-                  "errors", "resting", title="citizens")
+    table = Table("citizen", "id", "volunteer", "connected", "last seen", "leased", "valid",
+                  "invalid", "errors", "resting", title="citizens")
     now = datetime.now(timezone.utc)
     for r in data["citizens"]:
         ago = int((now - r["last_seen_at"]).total_seconds())
         rest = r["cooldown_until"]
-        table.add_row(r["name"], str(r["id"])[:8], "yes" if r["connected"] else "no",
-                      f"{ago}s ago", *(str(r[k]) for k in ("leased", "valid_count",
-                                                            "invalid_count", "error_count")),
+        table.add_row(r["name"], str(r["id"])[:8], r["volunteer"],
+                      "yes" if r["connected"] else "no", f"{ago}s ago",
+                      *(str(r[k]) for k in ("leased", "valid_count", "invalid_count",
+                                            "error_count")),
                       f"{int((rest - now).total_seconds())}s more" if rest else "-")
     c.out.print(table)

@@ -38,9 +38,14 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result,
                                               "error": error,
                                               "stderr_tail": text(result.stderr_tail),
                                               "elapsed": result.elapsed})
+        if not pending:  # settled meanwhile: kept, charged to no one
+            await conn.execute(q("mark_late"), {"id": result.replica_id})
+            return True, f"duty {duty_id} was already {row['duty_state']}"
         await conn.execute(q("count_error"), {"id": citizen_id})
-        if row["state"] == "leased":  # an expired replica's failure was counted already
-            await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": 1, "error": error})
+        if row["state"] == "leased" or not row["charged"]:
+            # A leased replica's slot opens again; an expired one's is open already.
+            await conn.execute(q("count_failures"), {"duty_id": duty_id, "error": error,
+                                                     "slots": int(row["state"] == "leased")})
         return True, f"error: {error}" + await _cool_down(conn, [citizen_id], cooldown)
 
     tolerance = row["manifest"].get("tolerance")
@@ -54,14 +59,12 @@ async def submit(conn: AsyncConnection, citizen_id: str, result: Result,
     await conn.execute(q("store_output"), {
         "id": result.replica_id, "exit_code": result.exit_code, "output": Json(result.output),
         "digest": key, "stderr_tail": text(result.stderr_tail), "elapsed": result.elapsed})
-    if not pending:
-        valid = row["canonical"] is not None and quorum.agree(result.output, row["canonical"],
-                                                              tolerance)
-        await conn.execute(q("judge_late"), {"id": result.replica_id, "valid": valid})
+    if not pending:  # an honest citizen that was merely slow: kept as late, judged for no one
+        await conn.execute(q("mark_late"), {"id": result.replica_id})
         return True, f"duty {duty_id} was already {row['duty_state']}"
 
-    tally = [tuple(r) for r in await (await conn.execute(q("tally"), {"duty_id": duty_id}))
-             .fetchall()]
+    tally = [tuple(r) for r in await (await conn.execute(q("tally"), {
+        "duty_id": duty_id, "distinct_by": row["distinct_by"]})).fetchall()]
     counts = await (await conn.execute(q("replica_counts"), {"duty_id": duty_id})).fetchone()
     verdict = quorum.decide(tally, quorum=row["quorum"], leased=counts[0],  # type: ignore[arg-type]
                             open_slots=row["open_slots"], spent=counts[1],

@@ -1,7 +1,9 @@
 """The asyncio TCP service: one connection per citizen, one handler per message type.
 
 The server keeps nothing that cannot be rebuilt from PostgreSQL: per connection only the ids of
-the replicas leased on it, so that they are released at once when the citizen goes away.
+the replicas leased on it, so that they are released at once when the citizen vanishes. Nobody
+is charged for what is not a citizen's doing: a graceful server stop and a database error keep
+its leases (it reports what it still holds when it reconnects), a bye frees them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from civic.store import redact, work
 log = logging.getLogger("civic.server")
 
 HELLO_MAX_FRAME = 64 * 1024
+HELD_MAX = 1024  # replica ids a hello may claim to hold
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class ServerOptions:
     host: str = "0.0.0.0"
     port: int = p.DEFAULT_PORT
     grace: float = 30.0  # seconds to wait for results in flight when stopping
-    lease_margin: float = 30.0  # seconds added to a model's timeout for a replica's deadline
+    lease_margin: float = 30.0  # seconds added to a model's timeout once a replica started
+    start_window: float = 60.0  # seconds a leased replica may wait to be started
+    retry_pause: float = 15.0  # seconds before a citizen may lease again a duty it failed
     reap_interval: float = 5.0  # seconds between sweeps for overdue replicas
     heartbeat: float = 15.0  # citizens send a heartbeat this often
     handshake_timeout: float = 10.0
@@ -51,6 +56,7 @@ class ServerOptions:
     cooldown: float = 300.0  # seconds a citizen that keeps failing or disagreeing rests
     tls_cert: str | None = None
     tls_key: str | None = None
+    datasets: tuple[int, ...] | None = None  # lease only these datasets' duties (None: all)
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -65,6 +71,8 @@ class Connection:
     name: str = "?"
     leased: set[int] = field(default_factory=set)
     said_bye: bool = False
+    keep_leases: bool = False  # gone through no fault of its own: its leases stay
+    refused: bool = False  # its volunteer was removed
 
     async def send(self, message: p.Message) -> None:
         await p.send(self.writer, message)
@@ -171,17 +179,31 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     async def _reaper(self) -> None:
-        """Release replicas whose deadline passed, so their duties are leased again."""
+        """Release replicas whose deadline passed, so their duties are leased again, and drop
+        the citizens of volunteers that were removed."""
         while True:
             await asyncio.sleep(self.options.reap_interval)
             try:
                 async with self.pool.connection() as db:
                     lost = await work.release(db, overdue=True,
                                               error="deadline passed without a result")
+                    greeted = {c.citizen_id: c for c in self.connections if c.greeted}
+                    refused = await work.refused(db, list(greeted))
                 if lost:
                     log.warning("%d replica(s) passed their deadline; re-issuing", lost)
+                for citizen_id in refused:
+                    await self._drop(greeted[citizen_id])
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("reaper: database unavailable: %s", exc)
+
+    async def _drop(self, conn: Connection) -> None:
+        """Close the connection of a citizen whose volunteer was removed."""
+        log.warning("%s: its volunteer was removed; dropping it", conn.name)
+        conn.refused = True
+        with contextlib.suppress(Exception):  # a peer that reads nothing must not stall this
+            await asyncio.wait_for(conn.send(p.Error(
+                "refused", "this citizen's volunteer was removed from this server")), 1.0)
+        conn.writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address, port = writer.get_extra_info("peername")[:2]
@@ -213,6 +235,7 @@ class Server:
             log.info("%s: connection lost: %s", peer, exc)
         except (psycopg.Error, PoolTimeout) as exc:
             log.error("%s: database unavailable: %s", peer, exc)
+            conn.keep_leases = True  # not the citizen's doing: it comes back with what it holds
             with contextlib.suppress(Exception):
                 await conn.send(p.Error("unavailable", "the server's database is unavailable"))
         except Exception:
@@ -245,15 +268,22 @@ class Server:
             raise Incompatible(f"this server speaks protocol version {speaks} and the citizen "
                                f"speaks {hello.version}: install the same CIVIC release on both "
                                "(citizen images: civic image build)")
+        held = hello.held[:HELD_MAX]
         async with self.pool.connection() as db:
             conn.citizen_id, secret = await work.register(
                 db, citizen_id=hello.citizen_id, secret=hello.secret, name=text(hello.name, 100),
-                platform=text(hello.platform, 100), address=conn.peer, token=hello.token)
-            # Leases from an earlier connection were lost with it (a server that died between
-            # leasing and sending, a dropped link): free them now rather than at their deadline.
-            # Results the citizen did compute are sent again right after the welcome.
-            await work.release(db, citizen_id=conn.citizen_id, failure=False,
+                platform=text(hello.platform, 100), address=conn.peer, token=hello.token,
+                host=text(hello.host, 100), memory=max(0, hello.memory), builds=hello.builds)
+            # Leases of an earlier connection that the citizen no longer holds were lost with
+            # it (a server that died between leasing and sending, a dropped link): free them now
+            # rather than at their deadline, charging no one. What it still computes, or has
+            # results for (sent again right after the welcome), stays its own.
+            await work.release(db, citizen_id=conn.citizen_id, keep=held, failure=False,
                                error="lost with an earlier connection")
+        for other in self.connections:  # an older connection of this citizen no longer has them
+            if other is not conn and other.citizen_id == conn.citizen_id:
+                other.leased.difference_update(held)
+        conn.leased.update(held)
         conn.name = text(hello.name, 100)
         conn.greeted = True  # no longer counted against the handshake cap
         self._handshook(conn.address)
@@ -270,15 +300,20 @@ class Server:
                 return
 
     async def _forget(self, conn: Connection) -> None:
-        """Release what a departed citizen still held, so other citizens get it."""
+        """Release what a departed citizen still held, so other citizens get it — unless it
+        left through no fault of its own (graceful stop, database error): then its leases stay
+        until it comes back holding them, or their deadlines pass."""
         if not conn.citizen_id:
             return
         try:
             async with self.pool.connection() as db:
-                if conn.leased:
+                if conn.leased and not (conn.keep_leases or self.draining.is_set()):
+                    blameless = conn.said_bye or conn.refused
                     lost = await work.release(
-                        db, ids=sorted(conn.leased), failure=not conn.said_bye,
-                        error="citizen stopped" if conn.said_bye else "citizen disconnected")
+                        db, ids=sorted(conn.leased), citizen_id=conn.citizen_id,
+                        failure=not blameless,
+                        error=("citizen stopped" if conn.said_bye else "volunteer removed"
+                               if conn.refused else "citizen disconnected"))
                     if lost:
                         log.warning("%s left with %d replica(s) unfinished; re-issuing",
                                     conn.name, lost)
@@ -290,9 +325,12 @@ class Server:
         if self.draining.is_set():
             await conn.send(p.Bye("server stopping"))
             return False
-        count = max(1, min(message.count, self.options.max_prefetch))
+        opts = self.options
+        count = max(1, min(message.count, opts.max_prefetch))
         async with self.pool.connection() as db:
-            assignments = await work.lease(db, conn.citizen_id, count, self.options.lease_margin)
+            assignments = await work.lease(db, conn.citizen_id, count, window=opts.start_window,
+                                           cap=opts.max_prefetch, pause=opts.retry_pause,
+                                           datasets=opts.datasets)
         if not assignments:
             await conn.send(p.NoWork(self.options.no_work_retry))
             return True
@@ -330,8 +368,9 @@ class Server:
     async def _on_heartbeat(self, conn: Connection, message: p.Heartbeat) -> bool:
         async with self.pool.connection() as db:
             await work.seen(db, conn.citizen_id)
-            await work.extend(db, conn.citizen_id, message.replica_ids[:1024],
-                              self.options.lease_margin)
+            if message.running:  # a citizen computes one replica at a time
+                await work.start(db, conn.citizen_id, message.running[0],
+                                 self.options.lease_margin)
         return True
 
     async def _on_bye(self, conn: Connection, message: p.Bye) -> bool:

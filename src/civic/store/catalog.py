@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import secrets
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,11 +18,12 @@ from psycopg.types.json import Jsonb
 from civic.datasets import (FORMATS, STDIN, Record, cut, display_name, guess_format,
                             read_records)
 from civic.errors import DatasetError, DuplicateDataset, NotFound, UsageError
-from civic.models import Manifest, load_manifest, pack_bundle
+from civic.models import DISTINCT, Manifest, load_manifest, pack_bundle
 from civic.protocol import MAX_INPUT
 from civic.store.db import connect, transaction
 from civic.store.queries import q
 
+_VOLUNTEER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 @dataclass(frozen=True)
 class ModelAdded:
@@ -44,6 +46,7 @@ class DatasetImported:
     duties: int
     replication: int
     quorum: int
+    distinct: str = "host"
 
 
 def _latest_model(conn: Any, name: str) -> dict[str, Any]:
@@ -70,7 +73,10 @@ def add_model(url: str, model_dir: Path) -> ModelAdded:
                                               "content": packed.path.read_bytes()})
             row = conn.execute(q("insert_model"), {
                 "name": manifest.name, "version": (latest["version"] + 1) if latest else 1,
-                "bundle_sha256": packed.sha256, "manifest": Jsonb(manifest.to_dict())}).fetchone()
+                "bundle_sha256": packed.sha256, "manifest": Jsonb(manifest.to_dict()),
+                "needs_memory": manifest.memory_bytes, "needs_build": manifest.build is not None,
+                "platforms": None if manifest.platforms is None else list(manifest.platforms),
+            }).fetchone()
             return ModelAdded(manifest.name, row["version"], packed.sha256, True, manifest)
     finally:
         packed.path.unlink(missing_ok=True)
@@ -93,7 +99,7 @@ def show_model(url: str, name: str) -> dict[str, Any]:
 def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
                    records_per_duty: int | None = None, replication: int | None = None,
                    quorum: int | None = None, max_replicas: int | None = None,
-                   again: bool = False,
+                   again: bool = False, distinct: str | None = None,
                    on_bytes: Callable[[int], None] | None = None) -> DatasetImported:
     """Stream a dataset file (``-``: standard input) into duties with COPY, all in one
     transaction: all or nothing.
@@ -118,6 +124,9 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
         raise UsageError(f"--max-replicas {max_replicas} cannot be below --replication "
                          f"{replication}")
     max_replicas = max_replicas or max(manifest.max_replicas, replication)
+    distinct = distinct or manifest.distinct
+    if distinct not in DISTINCT:
+        raise UsageError(f"--distinct must be one of {', '.join(DISTINCT)}, not {distinct!r}")
 
     records = duties = 0
     content = hashlib.sha256()
@@ -126,7 +135,8 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
         dataset_id = conn.execute(q("insert_dataset"), {
             "model_id": row["id"], "source": shown, "format": fmt,
             "records_per_duty": per_duty, "replication": replication, "quorum": quorum,
-            "max_replicas": max_replicas, "max_attempts": manifest.max_attempts}).fetchone()[0]
+            "max_replicas": max_replicas, "max_attempts": manifest.max_attempts,
+            "distinct_by": distinct}).fetchone()[0]
         with conn.cursor().copy(q("copy_duties")) as copy:
             for duty in cut(read_records(path, fmt, on_bytes=on_bytes, digest=content), per_duty):
                 copy.write_row((dataset_id, row["id"], records, _duty_input(shown, duty),
@@ -144,7 +154,7 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
                 f"{earlier[1]:%Y-%m-%d %H:%M}); nothing imported — pass --again to compute it "
                 "again", earlier[0])
     return DatasetImported(dataset_id, model, row["version"], fmt, records, duties,
-                           replication, quorum)
+                           replication, quorum, distinct)
 
 
 def resumable_dataset(url: str, model: ModelAdded, path: Path) -> DatasetImported | None:
@@ -159,7 +169,7 @@ def resumable_dataset(url: str, model: ModelAdded, path: Path) -> DatasetImporte
     if row is None:
         return None
     return DatasetImported(row["id"], model.name, model.version, row["format"], row["records"],
-                           row["duties"], row["replication"], row["quorum"])
+                           row["duties"], row["replication"], row["quorum"], row["distinct_by"])
 
 
 def _duty_input(source: str, duty: list[Record]) -> str:
@@ -281,7 +291,149 @@ def join_token(url: str, rotate: bool = False) -> str:
 
 
 def status(url: str) -> dict[str, Any]:
-    """Every dataset's duties by state, and every citizen seen with its last contact."""
+    """Every dataset's duties by state with what its waiting duties wait for, and every
+    citizen seen with its last contact."""
     with connect(url, row_factory=dict_row) as conn:
-        return {"datasets": conn.execute(q("list_datasets"), {"model": None}).fetchall(),
-                "citizens": conn.execute(q("list_citizens")).fetchall()}
+        datasets = conn.execute(q("list_datasets"), {"model": None}).fetchall()
+        for dataset in datasets:
+            dataset["waiting"] = ([asdict(w) for w in _waiting(conn, dataset["id"])]
+                                  if dataset["pending"] else [])
+        return {"datasets": datasets, "citizens": conn.execute(q("list_citizens")).fetchall()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Volunteers
+# ---------------------------------------------------------------------------------------------
+
+LAB = "lab"  # the built-in volunteer of citizens that joined with the server-wide join token
+
+
+def add_volunteer(url: str, name: str) -> str:
+    """Create a volunteer and return its join token, which is stored only hashed (shown once)."""
+    if not _VOLUNTEER.fullmatch(name):
+        raise UsageError(f"volunteer name {name!r} must be 1-63 of a-z 0-9 _ . - starting with "
+                         "a-z or 0-9")
+    token = secrets.token_urlsafe(24)
+    with transaction(url) as conn:
+        if conn.execute(q("insert_volunteer"), {
+                "name": name, "token_sha256": hashlib.sha256(token.encode()).hexdigest()
+        }).fetchone() is None:
+            raise UsageError(f"volunteer {name!r} exists already")
+    return token
+
+
+def list_volunteers(url: str) -> list[dict[str, Any]]:
+    """Every volunteer with its citizens, those connected now, their results and if removed."""
+    with connect(url, row_factory=dict_row) as conn:
+        return conn.execute(q("list_volunteers")).fetchall()
+
+
+def remove_volunteer(url: str, name: str) -> None:
+    """Refuse a volunteer's citizens from now on (connected ones are dropped within seconds)."""
+    if name == LAB:
+        raise UsageError("the lab volunteer is the server-wide join token: rotate it with "
+                         "`civic server token --rotate` instead")
+    with transaction(url) as conn:
+        if conn.execute(q("remove_volunteer"), {"name": name}).fetchone() is None:
+            raise NotFound(f"no volunteer named {name!r}; see civic volunteer list")
+
+
+# ---------------------------------------------------------------------------------------------
+# Duties that cannot progress
+# ---------------------------------------------------------------------------------------------
+
+SEEN_WITHIN = 300.0  # seconds: a citizen marked connected but silent longer is not counted
+SAMPLE = 100  # duties checked one by one for distinct sources
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Pending duties of a dataset that no connected, awake citizen may lease now, and why.
+
+    ``kind`` is one of no-citizen, resting, memory, build, platform, fit (no single citizen fits
+    every need), distinct (every connected citizen, or its host or volunteer, already gave a
+    result that counts). ``duty_ids`` lists them for distinct (from a bounded sample; ``duties``
+    counts that sample's); for the others every duty of the dataset with an open slot waits
+    (``duty_ids`` is empty, ``duties`` counts them).
+    """
+
+    kind: str
+    reason: str
+    duties: int
+    duty_ids: tuple[int, ...] = ()
+
+
+def waiting(url: str, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
+    """Why a dataset's pending duties cannot be leased by any citizen connected now; empty when
+    they can (or none wait). Cheap at any size: aggregates over connected citizens, and a
+    sample of at most ``sample`` duties for the per-duty check."""
+    with connect(url, row_factory=dict_row) as conn:
+        return _waiting(conn, dataset_id, sample)
+
+
+def _waiting(conn: Any, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
+    needs = conn.execute(q("dataset_needs"), {"dataset_id": dataset_id}).fetchone()
+    if needs is None:
+        raise NotFound(f"no dataset {dataset_id}")
+    if not needs["open"]:
+        return []
+    params = {"needs_memory": needs["needs_memory"], "needs_build": needs["needs_build"],
+              "platforms": needs["platforms"], "seen_within": SEEN_WITHIN}
+    fit = conn.execute(q("connected_fit"), params).fetchone()
+    open_, memory = needs["open"], needs["needs_memory"]
+    if not fit["connected"]:
+        return [Waiting("no-citizen", "no citizen is connected", open_)]
+    if not fit["fit_memory"]:
+        return [Waiting("memory", f"needs {_size(memory)} of memory and connected citizens "
+                                  f"have at most {_size(fit['most_memory'] or 0)}", open_)]
+    if not fit["fit_build"]:
+        return [Waiting("build", "needs a C compiler (the model has a build step) and no "
+                                 "connected citizen has one", open_)]
+    if not fit["fit_platform"]:
+        return [Waiting("platform", f"runs on {', '.join(needs['platforms'])} only and no "
+                                    "connected citizen is on one of those", open_)]
+    if not fit["fit"]:
+        return [Waiting("fit", "no connected citizen has enough memory, a C compiler and a "
+                               "listed platform at once", open_)]
+    if not fit["awake"]:
+        return [Waiting("resting", "every connected citizen that fits is resting (it kept "
+                                   "failing or disagreeing)", open_)]
+    blocked = conn.execute(q("distinct_blocked"), params | {
+        "dataset_id": dataset_id, "distinct_by": needs["distinct_by"], "sample": sample,
+    }).fetchall()
+    by_need: dict[int, list[int]] = {}
+    for row in blocked:
+        by_need.setdefault(row["open_slots"], []).append(row["id"])
+    sources = {"citizen": "citizens", "host": "hosts", "volunteer": "volunteers"}[
+        needs["distinct_by"]]
+    return [Waiting("distinct", f"needs {n} more result(s) from distinct {sources} and every "
+                                f"connected citizen already gave one (or shares its "
+                                f"{needs['distinct_by']} with one that did)", len(ids), tuple(ids))
+            for n, ids in sorted(by_need.items())]
+
+
+def fail_duties(url: str, dataset_id: int, reason: str,
+                duty_ids: Sequence[int] | None = None) -> int:
+    """Fail a dataset's pending duties (those in ``duty_ids``, or all of them) with ``reason``
+    as their error; returns how many. Replicas still out come back as late results."""
+    with transaction(url) as conn:
+        return conn.execute(q("fail_duties"), {
+            "dataset_id": dataset_id, "reason": reason,
+            "ids": None if duty_ids is None else list(duty_ids)}).rowcount
+
+
+def unleased(url: str, duty_ids: Sequence[int]) -> list[int]:
+    """Those of ``duty_ids`` that no citizen holds a lease of now (nothing in flight can
+    change what they wait for)."""
+    with connect(url) as conn:
+        rows = conn.execute(q("unleased_duties"), {"ids": list(duty_ids)}).fetchall()
+    return [duty_id for (duty_id,) in rows]
+
+
+def _size(size: int | None) -> str:
+    if not size:
+        return "unknown"
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -29,83 +29,120 @@ async def ensure_join_token(conn: AsyncConnection) -> None:
 
 
 async def register(conn: AsyncConnection, *, citizen_id: str | None, secret: str | None,
-                   name: str, platform: str, address: str,
-                   token: str | None = None) -> tuple[str, str | None]:
+                   name: str, platform: str, address: str, token: str | None = None,
+                   host: str = "", memory: int = 0, builds: bool = True) -> tuple[str, str | None]:
     """Authenticate a citizen by its credential, or issue a new identity on first contact.
 
     Returns the citizen id and, for a new identity only, its secret (stored here only hashed).
     A known id with a wrong secret is refused, so no one can act as another citizen. A new
-    identity (no id, or one this store never issued) needs the join token once one exists.
+    identity (no id, or one this store never issued) needs a token: a volunteer's own (the
+    citizen is that volunteer's) or the server-wide join token (the built-in volunteer 'lab'),
+    once one exists. Citizens of a removed volunteer are refused. ``host``, ``memory`` and
+    ``builds`` are what the citizen said of itself in its hello; an empty host makes it a host
+    of its own.
     """
     if citizen_id:
         try:
             uuid.UUID(citizen_id)
         except ValueError:
             raise Refused("malformed citizen id") from None
-        row = await (await conn.execute(q("find_citizen"), {"id": citizen_id})).fetchone()
+        cursor = conn.cursor(row_factory=dict_row)
+        row = await (await cursor.execute(q("find_citizen"), {"id": citizen_id})).fetchone()
         if row is not None:
-            if not secret or not hmac.compare_digest(row[1], _hash(secret)):
+            if not secret or not hmac.compare_digest(row["secret_sha256"], _hash(secret)):
                 raise Refused("wrong credential for this citizen id")
-            await conn.execute(q("citizen_seen"), {"id": citizen_id, "connected": True,
-                                                   "name": name, "platform": platform,
-                                                   "address": address})
+            if row["removed"]:
+                raise Refused(f"volunteer {row['volunteer']!r} was removed from this server; "
+                              "its citizens are refused")
+            await conn.execute(q("citizen_seen"), {
+                "id": citizen_id, "connected": True, "name": name, "platform": platform,
+                "address": address, "host": host, "memory": memory, "builds": builds})
             return citizen_id, None
-    row = await (await conn.execute(q("join_token"))).fetchone()
-    if row is not None and not hmac.compare_digest((token or "").encode(), row[0].encode()):
-        raise Refused("a valid join token is needed to join this server (the admin gets it "
-                      "with `civic server token`; citizens take it from CIVIC_TOKEN)")
+    volunteer_id = await _volunteer_of(conn, token)
     new_id, new_secret = str(uuid.uuid4()), secrets.token_urlsafe(32)
-    await conn.execute(q("insert_citizen"), {"id": new_id, "secret_sha256": _hash(new_secret),
-                                             "name": name, "platform": platform,
-                                             "address": address})
+    await conn.execute(q("insert_citizen"), {
+        "id": new_id, "secret_sha256": _hash(new_secret), "name": name, "platform": platform,
+        "address": address, "volunteer_id": volunteer_id, "host": host, "memory": memory,
+        "builds": builds})
     return new_id, new_secret
+
+
+async def _volunteer_of(conn: AsyncConnection, token: str | None) -> int:
+    """The volunteer a new citizen joins as, by its token; Refused when the token is no good."""
+    if token:
+        row = await (await conn.execute(q("volunteer_by_token"),
+                                        {"token_sha256": _hash(token)})).fetchone()
+        if row is not None:
+            if row[2]:
+                raise Refused(f"volunteer {row[1]!r} was removed from this server; its token "
+                              "is refused")
+            return row[0]
+    join = await (await conn.execute(q("join_token"))).fetchone()
+    if join is not None and not hmac.compare_digest((token or "").encode(), join[0].encode()):
+        raise Refused("a valid join token is needed to join this server (the admin gets it "
+                      "with `civic server token`, or a volunteer's own with `civic volunteer "
+                      "add`; citizens take it from CIVIC_TOKEN)")
+    (lab,) = await (await conn.execute(q("lab_volunteer"))).fetchone()  # type: ignore[misc]
+    return lab
 
 
 async def seen(conn: AsyncConnection, citizen_id: str, connected: bool = True) -> None:
     await conn.execute(q("citizen_seen"), {"id": citizen_id, "connected": connected,
-                                           "name": None, "platform": None, "address": None})
+                                           "name": None, "platform": None, "address": None,
+                                           "host": None, "memory": None, "builds": None})
 
 
-async def extend(conn: AsyncConnection, citizen_id: str, replica_ids: list[int],
-                 margin: float) -> None:
-    """Move the deadlines of replicas a citizen is still working on (it sent a heartbeat)."""
-    if replica_ids:
-        await conn.execute(q("extend_leases"), {"ids": replica_ids, "citizen_id": citizen_id,
-                                                "margin": margin})
+async def start(conn: AsyncConnection, citizen_id: str, replica_id: int, margin: float) -> bool:
+    """The citizen started computing a replica (its heartbeat says so): its deadline becomes the
+    model's timeout + ``margin`` from now, once. False when nothing was started: not its lease,
+    started already, or another of its replicas still runs."""
+    cursor = await conn.execute(q("start_replica"), {"id": replica_id, "citizen_id": citizen_id,
+                                                     "margin": margin})
+    return await cursor.fetchone() is not None
 
 
-async def lease(conn: AsyncConnection, citizen_id: str, count: int,
-                margin: float) -> list[Assignment]:
-    """Lease up to ``count`` replicas to a citizen, each with a deadline of timeout + margin."""
+async def lease(conn: AsyncConnection, citizen_id: str, count: int, *, window: float = 60.0,
+                cap: int = 32, pause: float = 15.0,
+                datasets: Sequence[int] | None = None) -> list[Assignment]:
+    """Lease up to ``count`` replicas to a citizen that holds at most ``cap`` in all, each to be
+    started within ``window`` seconds; a duty it failed comes back to it after ``pause``
+    seconds. ``datasets`` restricts leasing to those datasets (None: any)."""
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(q("lease_duties"), {"citizen_id": citizen_id, "count": count,
-                                             "margin": margin})
+    await cursor.execute(q("lease_duties"), {
+        "citizen_id": citizen_id, "count": count, "cap": cap, "window": window, "pause": pause,
+        "datasets": None if datasets is None else list(datasets)})
     return [Assignment(replica_id=row["replica_id"], duty_id=row["duty_id"], model=row["model"],
                        model_version=row["model_version"], bundle_sha256=row["bundle_sha256"],
                        bundle_size=row["bundle_size"], run=row["manifest"]["run"],
                        build=row["manifest"].get("build"),
-                       timeout=float(row["manifest"]["timeout"]), input=row["input"])
+                       timeout=float(row["manifest"]["timeout"]), input=row["input"],
+                       memory=row["needs_memory"], start_within=window)
             for row in await cursor.fetchall()]
 
 
-async def release(conn: AsyncConnection, *, error: str, ids: list[int] | None = None,
+async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
                   overdue: bool = False, citizen_id: str | None = None,
-                  failure: bool = True) -> int:
-    """Give up leased replicas — by id, past their deadline, or all of one citizen's — so
-    others lease them again.
+                  keep: Sequence[int] | None = None, failure: bool = True) -> int:
+    """Give up leased replicas so others lease them again; returns how many.
 
-    Each counts as a failure of its duty, unless ``failure`` is False (a citizen that said bye
-    before stopping, or whose server died under it, did nothing wrong).
+    Which: those in ``ids`` (only the citizen's, when ``citizen_id`` is given), those past their
+    deadline (``overdue``), or, when ``keep`` is given, all of ``citizen_id``'s but those.
+    Each counts as a failure of its duty when ``failure`` (a citizen that vanished); one past
+    its deadline only if it had started (an unstarted one merely missed its start window).
     """
-    rows = await (await conn.execute(q("release_replicas"), {
-        "ids": ids or [], "overdue": overdue, "citizen_id": citizen_id,
-        "error": error})).fetchall()
-    for duty_id, lost in rows:
-        if failure:
-            await conn.execute(q("count_failures"), {"duty_id": duty_id, "n": lost, "error": error})
-        else:
-            await conn.execute(q("open_slots"), {"duty_id": duty_id, "slots": lost})
-    return sum(lost for _, lost in rows)
+    row = await (await conn.execute(q("release_replicas"), {
+        "ids": list(ids), "overdue": overdue, "citizen_id": citizen_id,
+        "all_but": keep is not None, "keep": list(keep or ()), "failure": failure,
+        "error": error})).fetchone()
+    return row[0] if row else 0
+
+
+async def refused(conn: AsyncConnection, citizen_ids: Sequence[str]) -> set[str]:
+    """Of these citizens, those whose volunteer was removed."""
+    if not citizen_ids:
+        return set()
+    rows = await (await conn.execute(q("refused_citizens"), {"ids": list(citizen_ids)})).fetchall()
+    return {row[0] for row in rows}
 
 
 async def bundle_chunks(pool: AsyncConnectionPool, sha256: str) -> tuple[int, AsyncIterator[bytes]] | None:

@@ -13,8 +13,9 @@ VALUES (%(sha256)s, %(size)s, %(content)s)
 ON CONFLICT (sha256) DO NOTHING;
 
 -- name: insert_model
-INSERT INTO models (name, version, bundle_sha256, manifest)
-VALUES (%(name)s, %(version)s, %(bundle_sha256)s, %(manifest)s)
+INSERT INTO models (name, version, bundle_sha256, manifest, needs_memory, needs_build, platforms)
+VALUES (%(name)s, %(version)s, %(bundle_sha256)s, %(manifest)s, %(needs_memory)s,
+        %(needs_build)s, %(platforms)s)
 RETURNING id, name, version, bundle_sha256, manifest, created_at;
 
 -- name: list_models
@@ -32,17 +33,18 @@ ORDER BY m.version;
 
 -- name: insert_dataset
 INSERT INTO datasets (model_id, source, format, records, duties, records_per_duty,
-                      replication, quorum, max_replicas, max_attempts)
+                      replication, quorum, max_replicas, max_attempts, distinct_by)
 VALUES (%(model_id)s, %(source)s, %(format)s, 0, 0, %(records_per_duty)s,
-        %(replication)s, %(quorum)s, %(max_replicas)s, %(max_attempts)s)
+        %(replication)s, %(quorum)s, %(max_replicas)s, %(max_attempts)s, %(distinct_by)s)
 RETURNING id;
 
 -- name: resumable_dataset
--- The latest dataset of this very model version cut the same way from the same bytes.
-SELECT d.id, d.format, d.records, d.duties, d.replication, d.quorum
+-- The latest dataset of this very model version cut the same way from the same bytes, whose
+-- quorums may come from citizens of one machine: what an earlier `civic run` left.
+SELECT d.id, d.format, d.records, d.duties, d.replication, d.quorum, d.distinct_by
 FROM datasets d JOIN models m ON m.id = d.model_id
 WHERE m.name = %(model)s AND m.version = %(version)s AND d.sha256 = %(sha256)s
-  AND d.records_per_duty = %(records_per_duty)s
+  AND d.records_per_duty = %(records_per_duty)s AND d.distinct_by = 'citizen'
 ORDER BY d.id DESC
 LIMIT 1;
 
@@ -63,7 +65,7 @@ WHERE id = %(id)s;
 
 -- name: list_datasets
 SELECT d.id, m.name AS model, m.version AS model_version, d.source, d.format, d.records,
-       d.duties, d.records_per_duty, d.replication, d.quorum, d.created_at,
+       d.duties, d.records_per_duty, d.replication, d.quorum, d.distinct_by, d.created_at,
        count(u.id) FILTER (WHERE u.state = 'pending') AS pending,
        count(u.id) FILTER (WHERE u.state = 'done') AS done,
        count(u.id) FILTER (WHERE u.state = 'inconclusive') AS inconclusive,
@@ -101,53 +103,88 @@ ORDER BY u.id
 LIMIT %(limit)s;
 
 -- name: list_citizens
-SELECT id, name, platform, address, connected, created_at, last_seen_at,
-       valid_count, invalid_count, error_count,
-       CASE WHEN cooldown_until > now() THEN cooldown_until END AS cooldown_until,
+SELECT c.id, c.name, c.platform, c.address, c.connected, c.created_at, c.last_seen_at,
+       c.valid_count, c.invalid_count, c.error_count, c.host, c.memory, c.builds,
+       v.name AS volunteer,
+       CASE WHEN c.cooldown_until > now() THEN c.cooldown_until END AS cooldown_until,
        (SELECT count(*) FROM replicas r WHERE r.citizen_id = c.id AND r.state = 'leased') AS leased
-FROM citizens c
-ORDER BY created_at;
+FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+ORDER BY c.created_at;
 
 -- name: find_citizen
-SELECT id, secret_sha256 FROM citizens WHERE id = %(id)s;
+SELECT c.id, c.secret_sha256, v.name AS volunteer, v.removed_at IS NOT NULL AS removed
+FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+WHERE c.id = %(id)s;
 
 -- name: insert_citizen
-INSERT INTO citizens (id, secret_sha256, name, platform, address, connected)
-VALUES (%(id)s, %(secret_sha256)s, %(name)s, %(platform)s, %(address)s, true);
+-- A citizen that gave no host key is a host of its own.
+INSERT INTO citizens (id, secret_sha256, name, platform, address, connected, volunteer_id, host,
+                      memory, builds)
+VALUES (%(id)s::uuid, %(secret_sha256)s, %(name)s, %(platform)s, %(address)s, true,
+        %(volunteer_id)s, coalesce(nullif(%(host)s::text, ''), 'citizen:' || %(id)s::uuid::text),
+        %(memory)s, %(builds)s);
 
 -- name: citizen_seen
 UPDATE citizens
 SET last_seen_at = now(), connected = %(connected)s,
     name = coalesce(%(name)s, name), platform = coalesce(%(platform)s, platform),
-    address = coalesce(%(address)s, address)
+    address = coalesce(%(address)s, address),
+    host = CASE WHEN %(host)s::text IS NULL THEN host
+                WHEN %(host)s::text = '' THEN 'citizen:' || id::text ELSE %(host)s::text END,
+    memory = coalesce(%(memory)s::bigint, memory), builds = coalesce(%(builds)s::boolean, builds)
 WHERE id = %(id)s;
 
 -- name: lease_duties
--- Lease up to %(count)s replicas to one citizen, never a duty it already had a replica of.
+-- Lease up to %(count)s replicas to one citizen, which holds at most %(cap)s in all: duties of
+-- models that fit it (memory, a C compiler for a build step, its platform), never one where a
+-- replica that counts (leased, returned, valid) already comes from the same citizen, host or
+-- volunteer (the dataset's distinct_by; volunteer implies host), nor one it failed within the
+-- last %(pause)s seconds (others first). A new lease must start within %(window)s seconds.
 -- SKIP LOCKED lets any number of servers lease from one database without waiting on each other.
-WITH picked AS (
-    SELECT u.id FROM duties u
+WITH me AS (
+    SELECT c.id, c.host, c.volunteer_id, c.memory, c.builds,
+           split_part(c.platform, ' ', 1) AS platform,
+           greatest(0, least(%(count)s, %(cap)s - (SELECT count(*) FROM replicas r
+                                                   WHERE r.citizen_id = c.id
+                                                     AND r.state = 'leased'))) AS room
+    FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+    WHERE c.id = %(citizen_id)s AND v.removed_at IS NULL
+      AND (c.cooldown_until IS NULL OR c.cooldown_until <= now())   -- resting: no work
+), fit AS (
+    SELECT m.id FROM models m CROSS JOIN me
+    WHERE (m.needs_memory IS NULL OR me.memory = 0 OR m.needs_memory <= me.memory)
+      AND (me.builds OR NOT m.needs_build)
+      AND (m.platforms IS NULL OR me.platform = ANY(m.platforms))
+), picked AS (
+    SELECT u.id FROM duties u JOIN datasets ds ON ds.id = u.dataset_id CROSS JOIN me
     WHERE u.state = 'pending' AND u.open_slots > 0
-      AND NOT EXISTS (SELECT 1 FROM replicas r
-                      WHERE r.duty_id = u.id AND r.citizen_id = %(citizen_id)s)
-      AND NOT EXISTS (SELECT 1 FROM citizens c          -- resting citizens get no work
-                      WHERE c.id = %(citizen_id)s AND c.cooldown_until > now())
+      AND u.model_id IN (SELECT id FROM fit)
+      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM replicas r
+          WHERE r.duty_id = u.id
+            AND ((r.state IN ('leased', 'returned', 'valid')
+                  AND (r.citizen_id = me.id
+                       OR (ds.distinct_by <> 'citizen' AND r.host = me.host)
+                       OR (ds.distinct_by = 'volunteer' AND r.volunteer_id = me.volunteer_id)))
+                 OR (r.citizen_id = me.id AND r.state IN ('error', 'expired')
+                     AND coalesce(r.returned_at, r.deadline)
+                         > now() - make_interval(secs => %(pause)s))))
     ORDER BY u.id
-    LIMIT %(count)s
-    FOR UPDATE SKIP LOCKED
+    LIMIT (SELECT room FROM me)
+    FOR UPDATE OF u SKIP LOCKED
 ), taken AS (
     UPDATE duties u SET open_slots = u.open_slots - 1
     FROM picked WHERE u.id = picked.id
     RETURNING u.id, u.model_id, u.input
 ), leased AS (
-    INSERT INTO replicas (duty_id, citizen_id, deadline)
-    SELECT t.id, %(citizen_id)s,
-           now() + make_interval(secs => (m.manifest->>'timeout')::float8 + %(margin)s)
-    FROM taken t JOIN models m ON m.id = t.model_id
+    INSERT INTO replicas (duty_id, citizen_id, deadline, host, volunteer_id)
+    SELECT t.id, me.id, now() + make_interval(secs => %(window)s), me.host, me.volunteer_id
+    FROM taken t CROSS JOIN me
     RETURNING id, duty_id
 )
 SELECT l.id AS replica_id, t.id AS duty_id, m.name AS model, m.version AS model_version,
-       m.bundle_sha256, b.size AS bundle_size, m.manifest, t.input
+       m.bundle_sha256, b.size AS bundle_size, m.manifest, m.needs_memory, t.input
 FROM leased l
 JOIN taken t ON t.id = l.duty_id
 JOIN models m ON m.id = t.model_id
@@ -162,8 +199,8 @@ SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE 
 
 -- name: lock_replica
 -- Lock the replica and its duty; a citizen may only submit for a replica leased to it.
-SELECT r.id, r.duty_id, r.state, u.state AS duty_state, u.open_slots, u.canonical,
-       ds.quorum, ds.max_replicas, ds.max_attempts, m.manifest
+SELECT r.id, r.duty_id, r.state, r.charged, u.state AS duty_state, u.open_slots, u.canonical,
+       ds.quorum, ds.max_replicas, ds.max_attempts, ds.distinct_by, m.manifest
 FROM replicas r
 JOIN duties u ON u.id = r.duty_id
 JOIN datasets ds ON ds.id = u.dataset_id
@@ -187,8 +224,16 @@ WHERE id = %(id)s;
 UPDATE citizens SET error_count = error_count + 1 WHERE id = %(id)s;
 
 -- name: tally
--- The results a duty has, grouped by their canonical digest, largest group first.
-SELECT digest, count(*) AS votes, min(id) AS first_replica
+-- The results a duty has, grouped by their canonical digest, largest group first. Each group
+-- counts its distinct sources only: two results of one host count once under distinct host.
+SELECT digest,
+       CASE %(distinct_by)s
+           WHEN 'citizen' THEN count(DISTINCT citizen_id)
+           WHEN 'host' THEN least(count(DISTINCT citizen_id), count(DISTINCT host))
+           ELSE least(count(DISTINCT citizen_id), count(DISTINCT host),
+                      count(DISTINCT volunteer_id))
+       END AS votes,
+       min(id) AS first_replica
 FROM replicas
 WHERE duty_id = %(duty_id)s AND state IN ('returned', 'valid')
 GROUP BY digest
@@ -222,11 +267,9 @@ FROM (SELECT citizen_id, count(*) FILTER (WHERE state = 'valid') AS valid,
       FROM judged GROUP BY citizen_id) j
 WHERE c.id = j.citizen_id;
 
--- name: judge_late
--- A result for a duty already settled: keep it, marked against the canonical result.
-UPDATE replicas
-SET state = CASE WHEN %(valid)s THEN 'valid' ELSE 'invalid' END::replica_state
-WHERE id = %(id)s;
+-- name: mark_late
+-- A result for a duty already settled: kept, counted for nobody.
+UPDATE replicas SET state = 'late' WHERE id = %(id)s;
 
 -- name: returned_outputs
 -- Outputs already returned for a duty, one per digest, for comparison with a tolerance.
@@ -245,25 +288,52 @@ UPDATE duties SET state = 'inconclusive', open_slots = 0, finished_at = now(),
 WHERE id = %(duty_id)s;
 
 -- name: release_replicas
--- Replicas given up (citizen gone, deadline passed, model failed) free their slot for another
--- attempt; the duty fails once max_attempts replicas have been lost.
+-- Give up leased replicas — by id, past their deadline, or a citizen's except those it still
+-- holds — so their slots are leased again, all in one statement. A replica lost for a reason
+-- that is its citizen's doing (%(failure)s; past its deadline: only once started) is charged
+-- to its duty as a failure, and the duty fails once max_attempts failures add up.
 WITH lost AS (
-    UPDATE replicas
-    SET state = 'expired', error = %(error)s
-    WHERE state = 'leased' AND (id = ANY(%(ids)s) OR (%(overdue)s AND deadline < now())
-                                OR citizen_id = %(citizen_id)s::uuid)
-    RETURNING duty_id
+    UPDATE replicas r
+    SET state = 'expired', deadline = least(r.deadline, now()),
+        charged = CASE WHEN %(overdue)s THEN r.started_at IS NOT NULL ELSE %(failure)s END,
+        error = CASE WHEN %(overdue)s AND r.started_at IS NULL
+                     THEN 'not started within its start window' ELSE %(error)s END
+    WHERE r.state = 'leased'
+      AND ((r.id = ANY(%(ids)s::bigint[])
+            AND (%(citizen_id)s::uuid IS NULL OR r.citizen_id = %(citizen_id)s::uuid))
+           OR (%(overdue)s AND r.deadline < now())
+           OR (%(all_but)s AND r.citizen_id = %(citizen_id)s::uuid
+               AND NOT r.id = ANY(%(keep)s::bigint[])))
+    RETURNING r.duty_id, r.charged
+), per_duty AS (
+    SELECT duty_id, count(*) AS n, count(*) FILTER (WHERE charged) AS failed
+    FROM lost GROUP BY duty_id
+), counted AS (
+    UPDATE duties u
+    SET failures = u.failures + p.failed,
+        open_slots = CASE WHEN u.failures + p.failed >= ds.max_attempts THEN 0
+                          ELSE u.open_slots + p.n END,
+        state = CASE WHEN u.failures + p.failed >= ds.max_attempts THEN 'failed'::duty_state
+                     ELSE u.state END,
+        finished_at = CASE WHEN u.failures + p.failed >= ds.max_attempts THEN now() END,
+        error = CASE WHEN p.failed > 0 THEN %(error)s ELSE u.error END
+    FROM per_duty p, datasets ds
+    WHERE u.id = p.duty_id AND ds.id = u.dataset_id AND u.state = 'pending'
+    RETURNING u.id
 )
-SELECT duty_id, count(*) AS n FROM lost GROUP BY duty_id;
+SELECT coalesce(sum(n), 0)::int AS released, coalesce(sum(failed), 0)::int AS charged,
+       (SELECT count(*) FROM counted)::int AS duties
+FROM per_duty;
 
 -- name: count_failures
+-- One failed attempt; %(slots)s slots open again (0 when the replica's slot was freed already).
 UPDATE duties u
-SET failures = u.failures + %(n)s,
-    open_slots = CASE WHEN u.failures + %(n)s >= ds.max_attempts THEN 0
-                      ELSE u.open_slots + %(n)s END,
-    state = CASE WHEN u.failures + %(n)s >= ds.max_attempts THEN 'failed'::duty_state
+SET failures = u.failures + 1,
+    open_slots = CASE WHEN u.failures + 1 >= ds.max_attempts THEN 0
+                      ELSE u.open_slots + %(slots)s END,
+    state = CASE WHEN u.failures + 1 >= ds.max_attempts THEN 'failed'::duty_state
                  ELSE u.state END,
-    finished_at = CASE WHEN u.failures + %(n)s >= ds.max_attempts THEN now() END,
+    finished_at = CASE WHEN u.failures + 1 >= ds.max_attempts THEN now() END,
     error = %(error)s
 FROM datasets ds
 WHERE u.id = %(duty_id)s AND ds.id = u.dataset_id AND u.state = 'pending';
@@ -287,14 +357,19 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now();
 -- name: join_token
 SELECT value FROM server_settings WHERE key = 'join_token';
 
--- name: extend_leases
--- A heartbeat from a citizen still holding replicas moves their deadlines on.
+-- name: start_replica
+-- The citizen started computing a replica: from now on its deadline is the model's timeout plus
+-- a margin, once (heartbeats extend nothing). At most one started replica per citizen.
 UPDATE replicas r
-SET deadline = greatest(r.deadline,
-                        now() + make_interval(secs => (m.manifest->>'timeout')::float8 + %(margin)s))
+SET started_at = now(),
+    deadline = now() + make_interval(secs => (m.manifest->>'timeout')::float8 + %(margin)s)
 FROM duties u JOIN models m ON m.id = u.model_id
-WHERE r.id = ANY(%(ids)s) AND r.citizen_id = %(citizen_id)s AND r.state = 'leased'
-  AND u.id = r.duty_id;
+WHERE r.id = %(id)s AND r.citizen_id = %(citizen_id)s AND r.state = 'leased'
+  AND r.started_at IS NULL AND u.id = r.duty_id
+  AND NOT EXISTS (SELECT 1 FROM replicas o
+                  WHERE o.citizen_id = %(citizen_id)s AND o.state = 'leased'
+                    AND o.started_at IS NOT NULL)
+RETURNING r.id;
 
 -- name: cool_down
 -- Citizens whose recent judged replicas mostly disagreed with the quorum, or failed where
@@ -315,3 +390,108 @@ RETURNING c.id, c.name;
 
 -- name: duty_citizens
 SELECT DISTINCT citizen_id FROM replicas WHERE duty_id = %(duty_id)s;
+
+-- name: lab_volunteer
+SELECT id FROM volunteers WHERE name = 'lab' AND token_sha256 IS NULL ORDER BY id LIMIT 1;
+
+-- name: volunteer_by_token
+SELECT id, name, removed_at IS NOT NULL AS removed FROM volunteers
+WHERE token_sha256 = %(token_sha256)s;
+
+-- name: insert_volunteer
+INSERT INTO volunteers (name, token_sha256) VALUES (%(name)s, %(token_sha256)s)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: remove_volunteer
+UPDATE volunteers SET removed_at = now()
+WHERE name = %(name)s AND removed_at IS NULL AND token_sha256 IS NOT NULL
+RETURNING id;
+
+-- name: list_volunteers
+SELECT v.name, v.created_at, v.removed_at IS NOT NULL AS removed, v.removed_at,
+       count(c.id) AS citizens,
+       count(c.id) FILTER (WHERE c.connected) AS connected,
+       coalesce(sum(c.valid_count), 0)::bigint AS valid,
+       coalesce(sum(c.invalid_count), 0)::bigint AS invalid,
+       coalesce(sum(c.error_count), 0)::bigint AS errors
+FROM volunteers v LEFT JOIN citizens c ON c.volunteer_id = v.id
+GROUP BY v.id
+ORDER BY v.id;
+
+-- name: refused_citizens
+-- Of these citizens, those whose volunteer was removed (their connections are dropped).
+SELECT c.id::text FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NOT NULL;
+
+-- name: dataset_needs
+-- What a dataset's duties need of a citizen, and how many wait for a slot to be leased.
+SELECT ds.id, ds.distinct_by, ds.quorum, m.needs_memory, m.needs_build, m.platforms,
+       (SELECT count(*) FROM duties u WHERE u.dataset_id = ds.id AND u.state = 'pending'
+                                        AND u.open_slots > 0) AS open
+FROM datasets ds JOIN models m ON m.id = ds.model_id
+WHERE ds.id = %(dataset_id)s;
+
+-- name: connected_fit
+-- Connected citizens (seen lately, volunteer not removed) against one dataset's needs.
+SELECT count(*) AS connected,
+       count(*) FILTER (WHERE fits_memory) AS fit_memory,
+       max(memory) FILTER (WHERE memory > 0) AS most_memory,
+       count(*) FILTER (WHERE fits_build) AS fit_build,
+       count(*) FILTER (WHERE fits_platform) AS fit_platform,
+       count(*) FILTER (WHERE fits_memory AND fits_build AND fits_platform) AS fit,
+       count(*) FILTER (WHERE fits_memory AND fits_build AND fits_platform AND awake) AS awake
+FROM (SELECT c.memory,
+             %(needs_memory)s::bigint IS NULL OR c.memory = 0
+                 OR c.memory >= %(needs_memory)s::bigint AS fits_memory,
+             NOT %(needs_build)s OR c.builds AS fits_build,
+             %(platforms)s::text[] IS NULL
+                 OR split_part(c.platform, ' ', 1) = ANY(%(platforms)s::text[]) AS fits_platform,
+             c.cooldown_until IS NULL OR c.cooldown_until <= now() AS awake
+      FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+      WHERE c.connected AND c.last_seen_at > now() - make_interval(secs => %(seen_within)s)
+        AND v.removed_at IS NULL) c;
+
+-- name: distinct_blocked
+-- Of a bounded sample of a dataset's duties with open slots, those that no connected, fitting,
+-- awake citizen may lease because each shares its citizen, host or volunteer with a replica
+-- that counts; with the slots each still needs.
+WITH eligible AS MATERIALIZED (
+    SELECT c.id, c.host, c.volunteer_id
+    FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+    WHERE c.connected AND c.last_seen_at > now() - make_interval(secs => %(seen_within)s)
+      AND v.removed_at IS NULL
+      AND (c.cooldown_until IS NULL OR c.cooldown_until <= now())
+      AND (%(needs_memory)s::bigint IS NULL OR c.memory = 0
+           OR c.memory >= %(needs_memory)s::bigint)
+      AND (NOT %(needs_build)s OR c.builds)
+      AND (%(platforms)s::text[] IS NULL
+           OR split_part(c.platform, ' ', 1) = ANY(%(platforms)s::text[]))
+), sample AS (
+    SELECT u.id, u.open_slots FROM duties u
+    WHERE u.dataset_id = %(dataset_id)s AND u.state = 'pending' AND u.open_slots > 0
+    ORDER BY u.id
+    LIMIT %(sample)s
+)
+SELECT s.id, s.open_slots FROM sample s
+WHERE NOT EXISTS (
+    SELECT 1 FROM eligible e
+    WHERE NOT EXISTS (
+        SELECT 1 FROM replicas r
+        WHERE r.duty_id = s.id AND r.state IN ('leased', 'returned', 'valid')
+          AND (r.citizen_id = e.id
+               OR (%(distinct_by)s <> 'citizen' AND r.host = e.host)
+               OR (%(distinct_by)s = 'volunteer' AND r.volunteer_id = e.volunteer_id))))
+ORDER BY s.id;
+
+-- name: unleased_duties
+SELECT u.id FROM duties u
+WHERE u.id = ANY(%(ids)s::bigint[])
+  AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.duty_id = u.id AND r.state = 'leased')
+ORDER BY u.id;
+
+-- name: fail_duties
+-- Fail pending duties that cannot progress (all of a dataset's, or those listed), saying why.
+UPDATE duties SET state = 'failed', open_slots = 0, finished_at = now(), error = %(reason)s
+WHERE dataset_id = %(dataset_id)s AND state = 'pending'
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]));
