@@ -138,11 +138,9 @@ class _Stalls:
             else:
                 now.add((wait.reason, 0))
         for reason, duty_id in now & self.seen:
-            ids = None if duty_id == 0 else [duty_id]
-            if catalog.fail_duties(self.url, self.dataset_id,
-                                   f"no citizen of this run can compute it: {reason}", ids):
-                self.event(f"{'duty ' + str(duty_id) if duty_id else 'every waiting duty'} "
-                           f"failed: {reason}")
+            catalog.fail_duties(self.url, self.dataset_id,
+                                f"no citizen of this run can compute it: {reason}",
+                                None if duty_id == 0 else [duty_id])
         self.seen = now - self.seen
 
 

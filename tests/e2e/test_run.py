@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,3 +135,32 @@ replication: 1
     rows = {r["id"]: r for r in civic.json("dataset", "list")}
     assert len(rows) == 2  # resumed, not imported again
     assert rows[other["id"]]["pending"] == 26  # computed nothing of the other dataset
+
+
+def test_results_that_never_agree_end_the_run_saying_why(civic: Civic, tmp_path: Path) -> None:
+    """Two citizens disagree on every duty: a third distinct citizen would be needed, and the
+    run has none — it must say so and end, not wait forever."""
+    model = write_model(tmp_path / "moody", """\
+name: moody
+run: python3 moody.py {input} {output}
+dataset: items.txt
+replication: 2
+""", **{"moody.py": "import json, os, sys\n"
+                    "json.dump([os.getpid()], open(sys.argv[2], 'w'))\n",
+        "items.txt": "one\ntwo\n"})
+    done = civic("run", str(model), "--citizens", "2", timeout=180)
+    assert done.returncode == 6, done.stderr
+    assert "0 of 2 duties verified, 2 failed" in done.stderr
+    assert "needs 1 more result(s) from distinct citizens" in done.stderr
+
+
+def test_a_model_no_citizen_can_build_ends_the_run_saying_why(civic: Civic, tmp_path: Path
+                                                              ) -> None:
+    """Citizens without a C compiler never get a model with a build step, and the run ends."""
+    bare = tmp_path / "bin"  # python3, and no cc
+    bare.mkdir()
+    (bare / "python3").symlink_to(os.path.realpath(sys.executable))
+    civic.env["PATH"] = str(bare)
+    done = civic("run", str(ALPHABET), "--citizens", "2", timeout=180)
+    assert done.returncode == 6, done.stderr
+    assert "needs a C compiler" in done.stderr and "26 failed" in done.stderr

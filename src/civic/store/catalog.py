@@ -406,9 +406,11 @@ def _waiting(conn: Any, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
         by_need.setdefault(row["open_slots"], []).append(row["id"])
     sources = {"citizen": "citizens", "host": "hosts", "volunteer": "volunteers"}[
         needs["distinct_by"]]
+    shares = ("" if needs["distinct_by"] == "citizen" else
+              f" or shares its {needs['distinct_by']} with one that did")
     return [Waiting("distinct", f"needs {n} more result(s) from distinct {sources} and every "
-                                f"connected citizen already gave one (or shares its "
-                                f"{needs['distinct_by']} with one that did)", len(ids), tuple(ids))
+                                f"connected citizen already gave one{shares}", len(ids),
+                    tuple(ids))
             for n, ids in sorted(by_need.items())]
 
 
