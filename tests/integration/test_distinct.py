@@ -96,10 +96,10 @@ def test_distinct_is_read_from_the_manifest_and_the_import(database_url, model_c
     catalog.add_model(database_url, model_copy(distinct="volunteer"))
     first = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
     second = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
-                                    distinct="citizen")
+                                    distinct="citizen", again=True)
     with pytest.raises(UsageError, match="distinct"):
         catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
-                               distinct="planet")
+                               distinct="planet", again=True)
     assert h.fetch(database_url, "SELECT id, distinct_by FROM datasets ORDER BY id") == [
         (first.id, "volunteer"), (second.id, "citizen")]
 
@@ -214,7 +214,8 @@ def test_waiting_says_why_duties_cannot_progress(alphabet, database_url, h):
 def test_a_server_leases_only_the_datasets_it_is_given(database_url, h):
     catalog.add_model(database_url, h.ALPHABET)
     first = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
-    second = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
+    second = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
+                                    again=True)
 
     async def scenario():
         async with running_server(database_url, datasets=(second.id,)) as server:

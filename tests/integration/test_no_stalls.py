@@ -196,7 +196,7 @@ def test_two_citizens_a_record_that_always_fails_fails_and_one_that_fails_once_i
             assert await attempt(a, False) == first
             # The second fails once on a, b succeeds, a's second attempt succeeds.
             await asyncio.to_thread(catalog.import_dataset, database_url, "alphabet", one,
-                                    distinct="citizen")
+                                    distinct="citizen", again=True)
             second = await attempt(a, False)
             assert await attempt(b, True) == second
             assert await attempt(a, True) == second
