@@ -78,6 +78,17 @@ class Connection:
         await p.send(self.writer, message)
 
 
+def _fit(assignments: list[p.Assignment], max_frame: int
+         ) -> tuple[bytes | None, list[p.Assignment]]:
+    """The duty frame for as many of ``assignments`` as fit in ``max_frame``, and the rest."""
+    for keep in range(len(assignments), 0, -1):
+        try:
+            return p.encode(p.Duty(assignments[:keep]), max_frame), assignments[keep:]
+        except ProtocolError:
+            continue  # rare (inputs are at most MAX_INPUT): fewer at a time
+    return None, assignments
+
+
 class Server:
     """Authenticates citizens, leases duties, stores results. Stateless over PostgreSQL."""
 
@@ -331,15 +342,34 @@ class Server:
             assignments = await work.lease(db, conn.citizen_id, count, window=opts.start_window,
                                            cap=opts.max_prefetch, pause=opts.retry_pause,
                                            datasets=opts.datasets)
-        if not assignments:
+        frame, spilled = _fit(assignments, opts.max_frame)
+        if spilled:
+            await self._spill(conn, spilled, sent=len(assignments) - len(spilled))
+        if frame is None:
             await conn.send(p.NoWork(self.options.no_work_retry))
             return True
-        conn.leased.update(a.replica_id for a in assignments)
-        for a in assignments:
+        sent = assignments[:len(assignments) - len(spilled)]
+        conn.leased.update(a.replica_id for a in sent)
+        for a in sent:
             log.info("leased duty %d (replica %d, %s v%d) to %s", a.duty_id, a.replica_id,
                      a.model, a.model_version, conn.name)
-        await conn.send(p.Duty(assignments))
+        conn.writer.write(frame)
+        await conn.writer.drain()
         return True
+
+    async def _spill(self, conn: Connection, spilled: list[p.Assignment], sent: int) -> None:
+        """Give back leased replicas that did not fit in the frame: uncharged when they only
+        did not fit beside others, charged when one alone cannot be sent (an input imported
+        before inputs were limited), so that duty fails after max_attempts with the reason."""
+        alone = spilled[0] if sent == 0 else None
+        async with self.pool.connection() as db:
+            if alone is not None:
+                await work.release(db, ids=[alone.replica_id], error=(
+                    f"input too large to send: a duty may carry {p.MAX_INPUT} bytes"))
+            rest = [a.replica_id for a in spilled if a is not alone]
+            if rest:
+                await work.release(db, ids=rest, failure=False,
+                                   error="did not fit in one frame beside other duties")
 
     async def _on_fetch_bundle(self, conn: Connection, message: p.FetchBundle) -> bool:
         found = await work.bundle_chunks(self.pool, message.sha256)
