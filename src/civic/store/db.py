@@ -130,22 +130,27 @@ def migrations() -> list[tuple[int, str, str]]:
 def migrate(url: str) -> list[str]:
     """Apply the migrations this database lacks; safe to run twice and from several processes.
 
-    Returns the names of the migrations applied now.
+    Each migration commits on its own (a later one may use an enum value an earlier one
+    added), under a lock that keeps other migrators waiting. Returns the names applied now.
     """
     applied: list[str] = []
-    with transaction(url) as conn:
-        _check_encoding(conn, url)
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS civic_migrations ("
-                     " version integer PRIMARY KEY, name text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {row[0] for row in conn.execute("SELECT version FROM civic_migrations")}
-        for version, name, sql in migrations():
-            if version in done:
-                continue
-            conn.execute(sql.encode())  # bytes: no client-side parameter parsing of the script
-            conn.execute("INSERT INTO civic_migrations (version, name) VALUES (%s, %s)",
-                         (version, name))
-            applied.append(name)
-            log.info("applied migration %s", name)
-    return applied
+    with connect(url, autocommit=True) as conn:
+        try:
+            _check_encoding(conn, url)
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS civic_migrations ("
+                         " version integer PRIMARY KEY, name text NOT NULL,"
+                         " applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {row[0] for row in conn.execute("SELECT version FROM civic_migrations")}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())  # bytes: no client-side parameter parsing
+                    conn.execute("INSERT INTO civic_migrations (version, name) VALUES (%s, %s)",
+                                 (version, name))
+                applied.append(name)
+                log.info("applied migration %s", name)
+        except psycopg.Error as exc:
+            raise StoreError(f"database error while migrating: {exc}") from exc
+    return applied  # closing the connection releases the lock
