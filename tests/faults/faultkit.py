@@ -12,9 +12,11 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,15 +33,21 @@ PYTHON = sys.executable  # the venv's interpreter: runs the citizen agent
 # points at a plain interpreter (a pyenv shim costs ~150 ms a start, too slow for 2,000 duties).
 REAL_PYTHON3 = ("/usr/bin/python3" if os.path.exists("/usr/bin/python3")
                 else os.path.realpath(PYTHON))
+SRC = Path(__file__).resolve().parents[2] / "src"  # the agent is standard library only
+NOBODY = 65534  # the unprivileged user that runs "a volunteer's own account" citizens
+
+
+def public_dir(prefix: str) -> Path:
+    """A directory every user may traverse and read (the model of a citizen running as root
+    runs as a user of its own, and pytest's own tmp directories are private), removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 SQUARE_MODEL = """\
 import json, os, sys, time
 records = json.load(open(sys.argv[1]))
-marker = os.environ.get("DRILL_MARKERS")
-if marker:  # tell the drill this model started, and on which citizen
-    name = os.environ.get("DRILL_NAME", "?")
-    with open(os.path.join(marker, f"{name}-{os.getpid()}"), "w") as f:
-        json.dump(records, f)
 time.sleep(float(os.environ.get("DRILL_SLEEP", "%(sleep)s")))
 json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
 """
@@ -85,12 +93,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 class Proc:
     """One process of the drill, in a process group of its own, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path,
+                 user: int | None = None) -> None:
         self.name, self.argv, self.log = name, argv, log
         log.parent.mkdir(parents=True, exist_ok=True)
+        as_user = {} if user is None else {"user": user, "group": user, "extra_groups": []}
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          **as_user)
         self.pid = self.popen.pid
 
     @property
@@ -144,7 +155,8 @@ class Cluster:
         self.root = root
         self.home = root / "home"
         self.logs = root / "logs"
-        self.bin = root / "bin"
+        self.public = public_dir("civic-drill-")  # what models and unprivileged agents reach
+        self.bin = self.public / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
         link = self.bin / "python3"
         if not link.exists():
@@ -205,8 +217,8 @@ class Cluster:
         return env
 
     def start(self, name: str, argv: list[str], *, path_first: Path | None = None,
-              **env: str) -> Proc:
-        proc = Proc(name, argv, self._env(path_first, **env), self.logs / f"{name}.log")
+              user: int | None = None, **env: str) -> Proc:
+        proc = Proc(name, argv, self._env(path_first, **env), self.logs / f"{name}.log", user)
         self.procs.append(proc)
         return proc
 
@@ -225,12 +237,25 @@ class Cluster:
             self._token = done.stdout.strip()
         return self._token
 
-    def agent(self, name: str, *, path_first: Path | None = None, **env: str) -> Proc:
+    def agent(self, name: str, *, path_first: Path | None = None, user: int | None = None,
+              args: Iterable[str] = (), **env: str) -> Proc:
         """One citizen agent we control (SIGKILL-able), with its own home. ``path_first``
-        goes ahead of everything on its PATH (e.g. a liar's fake python3)."""
-        return self.start(name, [PYTHON, "-m", "civic.citizen.agent", self.address,
-                                 "--home", str(self.root / "citizens" / name), "--name", name],
-                          path_first=path_first, CIVIC_TOKEN=self.token, **env)
+        goes ahead of everything on its PATH (e.g. a liar's fake python3). With ``user`` the
+        agent runs as that user (a volunteer's own account), from the system's Python."""
+        if user is None:
+            argv = [PYTHON]
+        else:  # the venv's interpreter may live where that user cannot go; the agent is stdlib
+            argv = [REAL_PYTHON3]
+            env = {"PYTHONPATH": str(SRC), **env}
+            self.home_of(name, user).mkdir(parents=True, exist_ok=True)
+            os.chown(self.home_of(name, user), user, user)
+        return self.start(name, [*argv, "-m", "civic.citizen.agent", self.address,
+                                 "--home", str(self.home_of(name, user)), "--name", name, *args],
+                          path_first=path_first, user=user, CIVIC_TOKEN=self.token, **env)
+
+    def home_of(self, name: str, user: int | None = None) -> Path:
+        """Where :meth:`agent` puts a citizen's home (one ``user`` can write to)."""
+        return (self.root if user is None else self.public) / "citizens" / name
 
     def spawn(self, count: int, prefix: str = "citizen", **env: str) -> Proc:
         """`civic citizen spawn --runtime process`: COUNT agents as children of one command."""
@@ -248,6 +273,15 @@ class Cluster:
                     if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
                         found.append(int(entry.name))
         return sorted(found)
+
+    def model_processes(self, name: str) -> list[int]:
+        """Processes whose environment says DRILL_NAME=name (models started by that citizen,
+        when the drill gave it that variable)."""
+        def model(pid: int) -> bool:
+            return (f"\0DRILL_NAME={name}\0".encode()
+                    in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+                    and b"civic.citizen.agent" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+        return processes(model)
 
     # -- the CLI --------------------------------------------------------------------------
 
@@ -299,6 +333,7 @@ class Cluster:
             self.stop_processes()
         finally:
             stop_embedded_postgres(self.home / "postgres")
+            shutil.rmtree(self.public, ignore_errors=True)
 
 
 # -- the embedded PostgreSQL ------------------------------------------------------------------
@@ -378,8 +413,29 @@ def stop_embedded_postgres(pgdata: Path) -> None:
             os.kill(int(info["pid"]), signal.SIGKILL)
 
 
+def processes(matches: Callable[[int], bool]) -> list[int]:
+    """Live (not zombie) processes for which ``matches(pid)`` holds (errors count as no)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" \
+                        and matches(int(entry.name)):
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def with_marker(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``."""
+    return processes(lambda pid: marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
 def fake_python3(directory: Path, body: str) -> Path:
-    """A `python3` that runs ``body`` (Python, with INPUT and OUTPUT bound) instead of the model."""
+    """A `python3` that runs ``body`` (Python, with INPUT and OUTPUT bound) instead of the model.
+
+    It is written to a public copy of ``directory`` (returned): models may run as a user of
+    their own who cannot reach pytest's private tmp directories."""
+    directory = public_dir("civic-drill-") / directory.name
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "python3"
     script.write_text(f"#!{REAL_PYTHON3}\nimport sys, json\nINPUT, OUTPUT = sys.argv[-2:]\n{body}")
@@ -387,7 +443,7 @@ def fake_python3(directory: Path, body: str) -> Path:
     return directory
 
 
-__all__ = ["CIVIC", "Cluster", "Proc", "fake_python3", "free_port", "numbers", "pg_ctl",
-           "postmaster", "restart_embedded_postgres", "rss_kib", "square_model",
-           "start_embedded_postgres",
-           "stop_embedded_postgres", "wait_until"]
+__all__ = ["CIVIC", "NOBODY", "Cluster", "Proc", "fake_python3", "free_port", "numbers",
+           "pg_ctl", "postmaster", "processes", "public_dir", "restart_embedded_postgres",
+           "rss_kib", "square_model", "start_embedded_postgres", "stop_embedded_postgres",
+           "wait_until", "with_marker"]
