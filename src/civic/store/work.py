@@ -84,8 +84,16 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int,
                        model_version=row["model_version"], bundle_sha256=row["bundle_sha256"],
                        bundle_size=row["bundle_size"], run=row["manifest"]["run"],
                        build=row["manifest"].get("build"),
-                       timeout=float(row["manifest"]["timeout"]), input=row["input"])
+                       timeout=float(row["manifest"]["timeout"]), input=row["input"],
+                       memory=_memory(row["manifest"].get("memory")))
             for row in await cursor.fetchall()]
+
+
+def _memory(limit: str | None) -> int | None:
+    """A manifest's ``memory`` ("512m", "2g") in bytes; None: no limit."""
+    if not limit:
+        return None
+    return int(limit[:-1]) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[limit[-1]]
 
 
 async def release(conn: AsyncConnection, *, error: str, ids: list[int] | None = None,
