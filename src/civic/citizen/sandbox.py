@@ -377,12 +377,10 @@ def _processes() -> list[tuple[int, int, int, bool]]:
         try:
             with open(f"/proc/{name}/status", "rb") as f:
                 status = f.read()
-        except OSError:
+            state = status[status.index(b"\nState:") + 7:].lstrip()[:1]
+            ppid = int(status[status.index(b"\nPPid:") + 6:].split(None, 1)[0])
+            uid = int(status[status.index(b"\nUid:") + 5:].split(None, 1)[0])
+        except (OSError, ValueError, IndexError):
             continue
-        fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
-        try:
-            found.append((int(name), int(fields[b"PPid"]), int(fields[b"Uid"].split()[0]),
-                          fields[b"State"].strip().startswith(b"Z")))
-        except (KeyError, ValueError, IndexError):
-            continue
+        found.append((int(name), ppid, uid, state == b"Z"))
     return found
