@@ -53,6 +53,147 @@ json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv
 """
 
 
+# -- attack models (tests/faults/test_containment.py, tests/docker/test_docker_containment.py)
+# Each reads its input from argv[1] and writes its output to argv[2], as a model does.
+
+FORGED = ("import json, sys\nrecords = json.load(open(sys.argv[1]))\n"
+          "json.dump([{'n': r['n'], 'square': -1} for r in records], open(sys.argv[2], 'w'))\n")
+
+
+POISONER = """\
+import json, os, sys, time
+records = json.load(open(sys.argv[1]))
+seen = os.path.exists("POISONED")  # left behind by an earlier duty of this very bundle?
+forged = %r
+wrote = []
+for r in records:
+    for target in r["targets"]:
+        for attempt in range(2):
+            try:
+                with open(target, "w") as f:
+                    f.write(forged if target.endswith(".py") else "poisoned")
+                wrote.append(target)
+                break
+            except OSError:  # read-only? make it writable, once
+                try:
+                    os.chmod(target, 0o777)
+                    os.chmod(os.path.dirname(target) or ".", 0o777)
+                except OSError:
+                    break
+open("POISONED", "w").write("x")
+time.sleep(0.3)
+json.dump([{"n": r["n"], "seen": seen, "wrote": len(wrote)} for r in records],
+          open(sys.argv[2], "w"))
+""" % FORGED
+
+
+READER = """\
+import json, os, sys
+found = {}
+def grab(label, path):
+    try:
+        with open(path, "rb") as f:
+            found[label] = f.read(1 << 16).decode("utf-8", "replace")
+    except OSError as exc:
+        found[label] = "denied: " + str(exc.strerror)
+for rel in ("identity.json", "../identity.json", "../../identity.json",
+            "../../../identity.json"):
+    grab(rel, rel)
+for home in os.environ.get("DRILL_HOMES", "").split(":"):
+    if home:
+        grab(home, os.path.join(home, "identity.json"))
+found["env"] = json.dumps(dict(os.environ))
+pid = os.getpid()
+while pid > 1:  # my ancestors: the shell, the agent, whoever started it
+    grab(f"environ {pid}", f"/proc/{pid}/environ")
+    grab(f"cmdline {pid}", f"/proc/{pid}/cmdline")
+    try:
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        break
+for entry in os.listdir("/proc"):  # and every process of the machine
+    if entry.isdigit():
+        grab(f"environ {entry}", f"/proc/{entry}/environ")
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "found": found} for r in records], open(sys.argv[2], "w"))
+print(json.dumps(found)[-3000:], file=sys.stderr)
+"""
+
+
+WRITER = """\
+import json, os, sys, tempfile
+marker = os.environ["DRILL_MARKER"]
+shared = os.environ["DRILL_SHARED"].split(":")
+here = os.path.realpath(os.getcwd())
+home, tmp = os.path.expanduser("~"), tempfile.gettempdir()
+report = {"home_inside": os.path.realpath(home).startswith(here + os.sep),
+          "tmp_inside": os.path.realpath(tmp).startswith(here + os.sep), "earlier": []}
+for label, d in (("HOME", home), ("TMPDIR", tmp), ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"),
+                 ("/dev/shm", "/dev/shm")):
+    try:
+        if label in shared:
+            report["earlier"] += [n for n in os.listdir(d) if n.startswith(marker)]
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(d, f"{marker}-{os.getpid()}"), "w") as f:
+            f.write("left behind")
+        report[label] = "written"
+    except OSError as exc:
+        report[label] = "denied: " + str(exc.strerror)
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], **report} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+ESCAPER = """\
+import json, os, shutil, subprocess, sys
+marker = os.environ["DRILL_MARKER"]
+sleep = shutil.which("sleep")
+# a child in a session of its own that keeps the model's stdout open
+subprocess.Popen([marker + "-setsid", "1000"], executable=sleep, start_new_session=True)
+if os.fork() == 0:  # a double fork: the grandchild is nobody's child once its parent is gone
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sleep, [marker + "-double", "1000"])
+    os._exit(0)
+os.wait()
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+HOLDER = """\
+(exec -a "$DRILL_MARKER-holder" sleep 1000) &
+python3 -c 'import json, sys; json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in json.load(open(sys.argv[1]))], open(sys.argv[2], "w"))' "$1" "$2"
+"""
+
+
+HOG = """\
+import json, sys
+hog = bytearray(2 << 30)  # 2 GiB
+for i in range(0, len(hog), 4096):
+    hog[i] = 1
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+UNSENDABLE = """\
+import json, sys
+(record,) = json.load(open(sys.argv[1]))
+with open(sys.argv[2], "w") as out:
+    if record["kind"] == "inf":
+        out.write("[1e999]")
+    elif record["kind"] == "surrogate":
+        out.write('["\\\\ud800"]')  # the JSON escape of a lone surrogate
+    elif record["kind"] == "big":  # 7.9 MiB that re-encode as 100000.0: above the frame limit
+        out.write("[" + "1e5," * (int(7.9 * 1024 * 1024) // 4) + "1]")
+    else:
+        json.dump([{"n": record["n"], "square": record["n"] ** 2}], out)
+"""
+
+
 def square_model(directory: Path, name: str, *, sleep: float = 0.0, extra: str = "",
                  records_per_duty: int = 1) -> Path:
     """A tiny Python model: [{"n": N}] -> [{"n": N, "square": N*N}], sleeping ``sleep`` s."""
@@ -443,7 +584,8 @@ def fake_python3(directory: Path, body: str) -> Path:
     return directory
 
 
-__all__ = ["CIVIC", "NOBODY", "Cluster", "Proc", "fake_python3", "free_port", "numbers",
+__all__ = ["CIVIC", "ESCAPER", "FORGED", "HOG", "HOLDER", "NOBODY", "POISONER", "READER",
+           "UNSENDABLE", "WRITER", "Cluster", "Proc", "fake_python3", "free_port", "numbers",
            "pg_ctl", "postmaster", "processes", "public_dir", "restart_embedded_postgres",
            "rss_kib", "square_model", "start_embedded_postgres", "stop_embedded_postgres",
            "wait_until", "with_marker"]

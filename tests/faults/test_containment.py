@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import NOBODY, Cluster, Proc, square_model, wait_until, with_marker
+from faultkit import (CIVIC, ESCAPER, HOG, HOLDER, NOBODY, POISONER, READER, UNSENDABLE,
+                      WRITER, Cluster, Proc, square_model, wait_until, with_marker)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900),
               pytest.mark.skipif(os.geteuid() != 0, reason="starts citizens as root and as "
@@ -94,36 +95,6 @@ def alive(procs: list[Proc]) -> bool:
 
 # --- the bundle cache -------------------------------------------------------------------------
 
-FORGED = ("import json, sys\nrecords = json.load(open(sys.argv[1]))\n"
-          "json.dump([{'n': r['n'], 'square': -1} for r in records], open(sys.argv[2], 'w'))\n")
-
-POISONER = """\
-import json, os, sys, time
-records = json.load(open(sys.argv[1]))
-seen = os.path.exists("POISONED")  # left behind by an earlier duty of this very bundle?
-forged = %r
-wrote = []
-for r in records:
-    for target in r["targets"]:
-        for attempt in range(2):
-            try:
-                with open(target, "w") as f:
-                    f.write(forged if target.endswith(".py") else "poisoned")
-                wrote.append(target)
-                break
-            except OSError:  # read-only? make it writable, once
-                try:
-                    os.chmod(target, 0o777)
-                    os.chmod(os.path.dirname(target) or ".", 0o777)
-                except OSError:
-                    break
-open("POISONED", "w").write("x")
-time.sleep(0.3)
-json.dump([{"n": r["n"], "seen": seen, "wrote": len(wrote)} for r in records],
-          open(sys.argv[2], "w"))
-""" % FORGED
-
-
 @pytest.mark.parametrize("mode", [*MODES, "user-nolandlock"])
 def test_a_model_cannot_poison_the_bundle_cache(lab: Cluster, mode: str,
                                                 figures: dict[str, Any]) -> None:
@@ -169,39 +140,6 @@ def test_a_model_cannot_poison_the_bundle_cache(lab: Cluster, mode: str,
 
 # --- the citizen's credential and the join token ----------------------------------------------
 
-READER = """\
-import json, os, sys
-found = {}
-def grab(label, path):
-    try:
-        with open(path, "rb") as f:
-            found[label] = f.read(1 << 16).decode("utf-8", "replace")
-    except OSError as exc:
-        found[label] = "denied: " + str(exc.strerror)
-for rel in ("identity.json", "../identity.json", "../../identity.json",
-            "../../../identity.json"):
-    grab(rel, rel)
-for home in os.environ.get("DRILL_HOMES", "").split(":"):
-    if home:
-        grab(home, os.path.join(home, "identity.json"))
-found["env"] = json.dumps(dict(os.environ))
-pid = os.getpid()
-while pid > 1:  # my ancestors: the shell, the agent, whoever started it
-    grab(f"environ {pid}", f"/proc/{pid}/environ")
-    grab(f"cmdline {pid}", f"/proc/{pid}/cmdline")
-    try:
-        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        break
-for entry in os.listdir("/proc"):  # and every process of the machine
-    if entry.isdigit():
-        grab(f"environ {entry}", f"/proc/{entry}/environ")
-records = json.load(open(sys.argv[1]))
-json.dump([{"n": r["n"], "found": found} for r in records], open(sys.argv[2], "w"))
-print(json.dumps(found)[-3000:], file=sys.stderr)
-"""
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str,
                                                         figures: dict[str, Any]) -> None:
@@ -246,32 +184,6 @@ def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str
 
 # --- $HOME, TMPDIR, /tmp ----------------------------------------------------------------------
 
-WRITER = """\
-import json, os, sys, tempfile
-marker = os.environ["DRILL_MARKER"]
-shared = os.environ["DRILL_SHARED"].split(":")
-here = os.path.realpath(os.getcwd())
-home, tmp = os.path.expanduser("~"), tempfile.gettempdir()
-report = {"home_inside": os.path.realpath(home).startswith(here + os.sep),
-          "tmp_inside": os.path.realpath(tmp).startswith(here + os.sep), "earlier": []}
-for label, d in (("HOME", home), ("TMPDIR", tmp), ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"),
-                 ("/dev/shm", "/dev/shm")):
-    try:
-        if label in shared:
-            report["earlier"] += [n for n in os.listdir(d) if n.startswith(marker)]
-    except OSError:
-        pass
-    try:
-        with open(os.path.join(d, f"{marker}-{os.getpid()}"), "w") as f:
-            f.write("left behind")
-        report[label] = "written"
-    except OSError as exc:
-        report[label] = "denied: " + str(exc.strerror)
-records = json.load(open(sys.argv[1]))
-json.dump([{"n": r["n"], **report} for r in records], open(sys.argv[2], "w"))
-"""
-
-
 def left_behind(marker: str, tops: list[str]) -> list[str]:
     """Files or directories named with ``marker`` anywhere under ``tops``."""
     found = []
@@ -309,28 +221,6 @@ def test_writes_to_home_and_tmp_stay_in_the_duty(lab: Cluster, mode: str,
 
 
 # --- processes --------------------------------------------------------------------------------
-
-ESCAPER = """\
-import json, os, shutil, subprocess, sys
-marker = os.environ["DRILL_MARKER"]
-sleep = shutil.which("sleep")
-# a child in a session of its own that keeps the model's stdout open
-subprocess.Popen([marker + "-setsid", "1000"], executable=sleep, start_new_session=True)
-if os.fork() == 0:  # a double fork: the grandchild is nobody's child once its parent is gone
-    os.setsid()
-    if os.fork() == 0:
-        os.execv(sleep, [marker + "-double", "1000"])
-    os._exit(0)
-os.wait()
-records = json.load(open(sys.argv[1]))
-json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
-"""
-
-HOLDER = """\
-(exec -a "$DRILL_MARKER-holder" sleep 1000) &
-python3 -c 'import json, sys; json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in json.load(open(sys.argv[1]))], open(sys.argv[2], "w"))' "$1" "$2"
-"""
-
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_process_outlives_its_duty(lab: Cluster, mode: str, figures: dict[str, Any]) -> None:
@@ -380,16 +270,6 @@ def test_a_child_holding_stdout_does_not_time_the_duty_out(lab: Cluster, mode: s
 
 # --- memory -----------------------------------------------------------------------------------
 
-HOG = """\
-import json, sys
-hog = bytearray(2 << 30)  # 2 GiB
-for i in range(0, len(hog), 4096):
-    hog[i] = 1
-records = json.load(open(sys.argv[1]))
-json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
-"""
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_the_memory_limit_is_enforced(lab: Cluster, mode: str, figures: dict[str, Any]) -> None:
     name = f"hog-{mode}"
@@ -410,21 +290,6 @@ def test_the_memory_limit_is_enforced(lab: Cluster, mode: str, figures: dict[str
 
 
 # --- outputs the wire cannot carry ------------------------------------------------------------
-
-UNSENDABLE = """\
-import json, sys
-(record,) = json.load(open(sys.argv[1]))
-with open(sys.argv[2], "w") as out:
-    if record["kind"] == "inf":
-        out.write("[1e999]")
-    elif record["kind"] == "surrogate":
-        out.write('["\\\\ud800"]')  # the JSON escape of a lone surrogate
-    elif record["kind"] == "big":  # 7.9 MiB that re-encode as 100000.0: above the frame limit
-        out.write("[" + "1e5," * (int(7.9 * 1024 * 1024) // 4) + "1]")
-    else:
-        json.dump([{"n": record["n"], "square": record["n"] ** 2}], out)
-"""
-
 
 def test_outputs_the_wire_cannot_carry_are_replica_errors(lab: Cluster,
                                                           figures: dict[str, Any]) -> None:
@@ -447,3 +312,17 @@ def test_outputs_the_wire_cannot_carry_are_replica_errors(lab: Cluster,
     assert "cannot be sent" in by_kind["big"]["error"], by_kind["big"]
     assert "limit" in by_kind["big"]["error"], by_kind["big"]
     assert "connection lost" not in logs, logs[-3000:]
+
+
+# --- refused citizens -------------------------------------------------------------------------
+
+def test_spawn_exits_7_when_every_citizen_is_refused(lab: Cluster) -> None:
+    spawn = lab.start("spawn-refused", [CIVIC, "citizen", "spawn", "--runtime", "process",
+                                        "--count", "2", "--prefix", "refused", lab.address],
+                      CIVIC_TOKEN="not-the-join-token")
+    try:
+        spawn.popen.wait(60)
+    finally:
+        lab.stop_processes([spawn])
+    assert spawn.popen.returncode == 7, spawn.tail()
+    assert spawn.text().count("the server refused this citizen") == 2, spawn.tail()
