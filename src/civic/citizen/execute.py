@@ -67,7 +67,7 @@ async def run_shell(command: str, root: Path, corner: Path, timeout: float,
         raise ModelFailed(f"cannot set up the sandbox: {exc}") from None
     try:
         proc = subprocess.Popen(
-            command, shell=True, cwd=root, env=model_env(corner / "home", corner / "tmp"),
+            command, shell=True, env=model_env(corner / "home", corner / "tmp"),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=in_child, pass_fds=fds)
     except (OSError, subprocess.SubprocessError) as exc:

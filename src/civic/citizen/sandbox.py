@@ -206,10 +206,15 @@ class Sandbox:
         """Hand a tree the agent made to the model's user (nothing to do without one)."""
         if self.uid is None:
             return
-        os.lchown(path, self.uid, self.uid)
-        for directory, dirs, files in os.walk(path):
+
+        def fail(error: OSError) -> None:
+            raise error
+
+        # Bottom up: without CAP_DAC_READ_SEARCH the agent cannot list what it gave away.
+        for directory, dirs, files in os.walk(path, topdown=False, onerror=fail):
             for name in dirs + files:
                 os.lchown(os.path.join(directory, name), self.uid, self.uid)
+        os.lchown(path, self.uid, self.uid)
 
     def reclaim(self, path: Path, strict: bool = False) -> None:
         """Take back a tree a model used, top down, so the agent can read and remove it with
@@ -261,7 +266,9 @@ class Sandbox:
 
     def prepare(self, writable: Path, memory: int | None
                 ) -> tuple[Callable[[], None], tuple[int, ...]]:
-        """What a model's child process runs before exec, and the file descriptors it needs.
+        """What a model's child process runs before exec (it ends in ``writable``, its working
+        directory: entered as the model's user, which the agent may not be able to), and the
+        file descriptors it needs.
 
         Runs in the forked child, so it only makes system calls: the memory limit, the
         out-of-memory score, a /dev/shm of its own (when the agent may mount), the model's uid,
@@ -285,6 +292,7 @@ class Sandbox:
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+            os.chdir(writable)
             if not _prctl(PR_SET_NO_NEW_PRIVS, 1):
                 raise OSError("cannot set no_new_privs")
             if ruleset >= 0:
