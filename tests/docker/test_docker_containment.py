@@ -121,7 +121,8 @@ json.dump([{"n": r["n"], "me": status("self"), "agent": status(1)} for r in reco
           open(sys.argv[2], "w"))
 """}, "python3 model.py {input} {output}")
     rows = drill.compute("whoami", [{"n": n} for n in range(4)])
-    assert [r["state"] for r in rows] == ["valid"] * 4, [(r["error"], r["stderr_tail"]) for r in rows]
+    assert [r["state"] for r in rows] == ["valid"] * 4, [(r["error"], r["stderr_tail"])
+                                                         for r in rows]
     me, agent = rows[0]["output"][0]["me"], rows[0]["output"][0]["agent"]
     figures.update(model_uid=me["Uid"][0], model_capeff=me["CapEff"][0],
                    agent_uid=agent["Uid"][0], agent_capeff=agent["CapEff"][0])
@@ -148,7 +149,8 @@ def test_models_cannot_read_the_credential_or_the_token(drill: Drill, figures: d
     stored = json.dumps([[r["output"], r["error"], r["stderr_tail"]] for r in rows])
     found = rows[0]["output"][0]["found"]
     figures.update(identity=found["/civic"][:40], agent_environ=found.get("environ 1", "")[:40])
-    assert [r["state"] for r in rows] == ["valid"] * 4, [(r["error"], r["stderr_tail"]) for r in rows]
+    assert [r["state"] for r in rows] == ["valid"] * 4, [(r["error"], r["stderr_tail"])
+                                                         for r in rows]
     assert drill.cluster.token not in stored
     assert not [s for s in secrets if s in stored]
     assert found["/civic"].startswith("denied") and found["environ 1"].startswith("denied")

@@ -88,7 +88,8 @@ json.dump([{"n": r["n"], "seen": seen, "wrote": len(wrote)} for r in records],
 
 
 READER = """\
-import json, os, sys
+import json, os, sys, time
+time.sleep(0.4)  # long enough for every citizen to get a duty
 found = {}
 def grab(label, path):
     try:
@@ -165,7 +166,9 @@ json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv
 
 HOLDER = """\
 (exec -a "$DRILL_MARKER-holder" sleep 1000) &
-python3 -c 'import json, sys; json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in json.load(open(sys.argv[1]))], open(sys.argv[2], "w"))' "$1" "$2"
+python3 -c 'import json, sys
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))' "$1" "$2"
 """
 
 

@@ -153,7 +153,7 @@ def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str
             lab.spawn(1, prefix=f"spawned-{mode}", CIVIC_HOST_KEY=f"spawned-{mode}")
             spawned = [lab.home / "citizens" / f"spawned-{mode}-1"]
             wait_until(lambda: (spawned[0] / "identity.json").exists(), 60, "spawned citizen")
-        rows = compute(lab, name, [{"n": n} for n in range(6)])
+        rows = compute(lab, name, [{"n": n} for n in range(9)])
         if spawned:  # the spawned agent got its token on stdin, and CIVIC_HOST_KEY
             (agent,) = lab.children(lab.procs[-1])
             environ = Path(f"/proc/{agent}/environ").read_bytes().split(b"\0")
@@ -174,6 +174,7 @@ def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str
                    denied=sum(v.startswith("denied") for v in reads),
                    citizens=sorted(where), secrets_read=f"{len(leaked)}/{len(secrets)}")
     assert all(r["state"] == "valid" for r in rows), rows
+    assert where == {p.name for p in agents} | {f"spawned-{mode}-1" for _ in spawned}, where
     assert lab.token not in stored, "the join token reached a model's output"
     if mode == "root":  # with the citizen's own uid a model can read its files: not contained
         assert not leaked, "a citizen's secret reached a model's output"

@@ -204,8 +204,8 @@ def test_hide_process_closes_environ_to_the_same_user(tmp_path: Path) -> None:
                               env={"SECRET_TOKEN": "s3cret", "PATH": "/usr/bin:/bin"}, **user)
     try:
         assert hidden.stdout is not None and hidden.stdout.readline().strip() == "hidden"
-        reader = subprocess.run([PYTHON3, "-c", f"print(open('/proc/{hidden.pid}/environ').read())"],
-                                capture_output=True, text=True, **user)
+        peek = f"print(open('/proc/{hidden.pid}/environ').read())"
+        reader = subprocess.run([PYTHON3, "-c", peek], capture_output=True, text=True, **user)
         assert reader.returncode != 0 and "Permission denied" in reader.stderr
         assert "s3cret" not in reader.stdout
     finally:
@@ -296,8 +296,8 @@ json.dump(len(hog), open(OUT, "w"))
 
 
 def test_a_model_within_its_memory_limit_runs(public: Path, sandbox: Sandbox) -> None:
-    result = run(public, sandbox, "data = bytearray(64 << 20)\njson.dump(len(data), open(OUT, 'w'))\n",
-                 memory=256 << 20)
+    result = run(public, sandbox, "data = bytearray(64 << 20)\n"
+                                  "json.dump(len(data), open(OUT, 'w'))\n", memory=256 << 20)
     assert result.output == 64 << 20
 
 
@@ -345,3 +345,51 @@ def test_agent_sendable_turns_unencodable_outputs_into_errors() -> None:
         assert bad.output is None and bad.error is not None, bad
         assert bad.error.startswith("output cannot be sent:") and reason in bad.error, bad.error
         assert (bad.stderr_tail, bad.elapsed) == ("tail", 2.0)
+
+
+@pytest.mark.skipif(not (ROOT and sandboxing._can_mount()),
+                    reason="needs root with CAP_SYS_ADMIN")
+def test_models_with_users_of_their_own_get_a_dev_shm_of_their_own(public: Path) -> None:
+    name = f"civic-unit-{uuid.uuid4().hex[:8]}"
+    body = f"""
+import time
+open("/dev/shm/{name}-" + str(os.getpid()), "w").write("x")
+time.sleep(0.5)  # both run at once
+json.dump(sorted(n for n in os.listdir("/dev/shm") if n.startswith("{name}")), open(OUT, "w"))
+"""
+    bundle = python_model(public, body)
+
+    async def both() -> list[Result]:
+        command = assignment(f"{PYTHON3} model.py {{input}} {{output}}")
+        return await asyncio.gather(*(
+            run_model(command, bundle, public / "work", Sandbox(uid, landlock_abi()))
+            for uid in (MODEL_UID, MODEL_UID + 1)))
+
+    results = asyncio.run(both())
+    assert [len(r.output or []) for r in results] == [1, 1], results  # each sees its own only
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(name)] == []
+
+
+def test_check_sandbox_runs_a_process_the_way_models_run(public: Path, sandbox: Sandbox) -> None:
+    from civic.citizen.execute import check_sandbox
+    scratch = public / "probe"
+    scratch.mkdir()
+    asyncio.run(check_sandbox(scratch, sandbox))
+
+
+def test_the_host_key_comes_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from civic.citizen.agent import host_key
+    monkeypatch.delenv("CIVIC_HOST_KEY", raising=False)
+    derived = host_key()
+    assert derived and derived == host_key()
+    monkeypatch.setenv("CIVIC_HOST_KEY", "rack-7")
+    assert host_key() == "rack-7"
+
+
+def test_the_token_can_come_on_stdin() -> None:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from civic.citizen.agent import read_token; print(repr(read_token(Path('-'))))")
+    src = str(Path(sandboxing.__file__).parents[2])
+    done = subprocess.run([sys.executable, "-c", code, src], input="s3cret-token\n",
+                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert done.stdout.strip() == "'s3cret-token'", done.stderr

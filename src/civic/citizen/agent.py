@@ -28,7 +28,7 @@ from pathlib import Path
 
 from civic import protocol as p
 from civic.citizen.bundles import Fingerprint, copy_tree, fingerprint, unpack_bundle
-from civic.citizen.execute import build, run_model
+from civic.citizen.execute import build, check_sandbox, run_model
 from civic.citizen.sandbox import Sandbox, become_subreaper, hide_process
 from civic.errors import (BundleChanged, CivicError, Incompatible, ModelFailed, ProtocolError,
                           Refused)
@@ -83,6 +83,7 @@ class Agent:
         """Connect and serve until cancelled; reconnect with capped exponential backoff + jitter."""
         self._prepare()
         try:
+            await self._check_sandbox()
             await self._serve()
         finally:
             if self.private_work is not None:
@@ -99,7 +100,8 @@ class Agent:
                 self.sandbox.reclaim(home)
             home.chmod(0o700)
             if self.options.work is None:
-                self.private_work = Path(tempfile.mkdtemp(prefix="civic-work-"))
+                _remove_stale_work(self.sandbox)
+                self.private_work = Path(tempfile.mkdtemp(prefix=f"civic-work-{os.getpid()}-"))
                 self.work = self.private_work
             self.work.mkdir(parents=True, exist_ok=True)
             self.work.chmod(0o711)
@@ -107,7 +109,27 @@ class Agent:
                 raise CivicError(f"models run as uid {self.sandbox.uid} and cannot reach the "
                                  f"work directory {self.work}: {blocked} is closed to other "
                                  "users; choose another with --work")
+        elif self.options.work is None and self.work.is_dir():  # this citizen's alone
+            for stale in self.work.iterdir():  # left by a citizen killed mid-duty
+                if stale.name.startswith(("duty-", "build-")):
+                    self.sandbox.remove(stale)
+        self.work.mkdir(parents=True, exist_ok=True)
         log.info("%s", self.sandbox.describe())
+
+    async def _check_sandbox(self) -> None:
+        """Fail at once, saying why, when models cannot be run contained here (say, a uid
+        the system refuses), rather than fail every duty."""
+        try:
+            probe = Path(tempfile.mkdtemp(prefix="build-probe-", dir=self.work))
+        except OSError as exc:
+            raise CivicError(f"cannot use the work directory {self.work}: {exc}") from None
+        try:
+            await check_sandbox(probe, self.sandbox)
+        except ModelFailed as exc:
+            raise CivicError(f"cannot run models here ({self.sandbox.describe()}): {exc}; "
+                             "see --model-user and --no-landlock") from None
+        finally:
+            self.sandbox.remove(probe)
 
     async def _serve(self) -> None:
         while True:
@@ -348,6 +370,17 @@ def _sendable(result: p.Result) -> p.Result:
         return p.Result(result.replica_id, result.exit_code,
                         error=f"output cannot be sent: {exc}",
                         stderr_tail=result.stderr_tail, elapsed=result.elapsed)
+
+
+def _remove_stale_work(sandbox: Sandbox) -> None:
+    """Remove the private work directories of agents that are gone (killed mid-duty)."""
+    for stale in Path(tempfile.gettempdir()).glob("civic-work-*-*"):
+        try:
+            os.kill(int(stale.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            sandbox.remove(stale)
+        except (ValueError, PermissionError):
+            continue
 
 
 def _closed_to_others(path: Path) -> Path | None:

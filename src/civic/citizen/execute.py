@@ -143,6 +143,19 @@ async def _exited(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
+async def check_sandbox(scratch: Path, sandbox: Sandbox) -> None:
+    """Run ``true`` in ``scratch`` the way a model runs.
+
+    Raises:
+        ModelFailed: the sandbox cannot start a process here, or it failed.
+    """
+    corner = _corner(scratch)
+    sandbox.give(scratch)
+    code, tail = await run_shell("true", scratch, corner, 30, sandbox, 1 << 30)
+    if code != 0:
+        raise ModelFailed(f"a model's `true` {_ended(code)}: {tail.strip()}")
+
+
 async def build(tree: Path, command: str, sandbox: Sandbox) -> None:
     """Run the manifest's build command in ``tree`` (a fresh copy of the bundle), contained
     like a duty; afterwards the tree is the agent's again, ready to be sealed into the cache.

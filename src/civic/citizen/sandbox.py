@@ -195,6 +195,8 @@ class Sandbox:
     def describe(self) -> str:
         who = (f"models run as uid {self.uid}" if self.uid is not None
                else "models run as this citizen's own user")
+        if self.uid is not None and _can_mount():
+            who += ", each with a /dev/shm of its own"
         writes = (f"their writes are confined to their duty directory (Landlock ABI "
                   f"{self.landlock})" if self.landlock else
                   "their writes are not confined (no Landlock)")
