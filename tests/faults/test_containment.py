@@ -140,7 +140,7 @@ def test_a_model_cannot_poison_the_bundle_cache(lab: Cluster, mode: str,
 
 # --- the citizen's credential and the join token ----------------------------------------------
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "user-nolandlock"])
 def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str,
                                                         figures: dict[str, Any]) -> None:
     name = f"reader-{mode}"
