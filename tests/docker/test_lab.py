@@ -85,21 +85,33 @@ def test_citizen_container_is_confined(lab: Civic, engine: Any) -> None:
 
     host = container.attrs["HostConfig"]
     assert host["ReadonlyRootfs"] is True
+    # Every capability dropped but the four the agent needs to run models as another user.
     assert host["CapDrop"] == ["ALL"]
+    assert sorted(c.removeprefix("CAP_") for c in host["CapAdd"]) == [
+        "CHOWN", "KILL", "SETGID", "SETUID"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Memory"] == 300 * 1024 * 1024
     assert host["PidsLimit"] == 64
     assert host["NanoCpus"] == 500_000_000
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
-    assert container.attrs["Config"]["User"] == "10001"
+    assert container.attrs["Config"]["User"] == "0"  # the agent; its models run as 10001
     assert container.labels["civic.version"] == __version__
+    args = container.attrs["Args"]
+    assert args[args.index("--memory") + 1] == str(300 * 1024 * 1024)  # what fits, for the hello
+    assert args[args.index("--model-user") + 1] == "10001"
+    assert "--host-key" in args
 
-    # And from the inside: no capabilities, the root filesystem refuses writes, /civic is the
-    # citizen's own volume and /tmp a tmpfs.
-    caps = container.exec_run(["sh", "-c", "grep CapEff /proc/self/status"]).output.decode()
-    assert caps.split()[-1] == "0000000000000000"
+    # And from the inside: the agent has those four capabilities and nothing more, the model
+    # user none; the root filesystem refuses writes; /civic (the citizen's own volume:
+    # credential, bundle cache) is closed to the model user; /tmp is a tmpfs.
+    def capeff(user: str) -> str:
+        done = container.exec_run(["sh", "-c", "grep CapEff /proc/self/status"], user=user)
+        return done.output.decode().split()[-1]
+    assert capeff("0") == "00000000000000e1"  # CHOWN, KILL, SETGID, SETUID
+    assert capeff("10001") == "0000000000000000"
     assert container.exec_run(["sh", "-c", "touch /usr/x"]).exit_code != 0
     assert container.exec_run(["sh", "-c", "touch /civic/x /tmp/x"]).exit_code == 0
+    assert container.exec_run(["sh", "-c", "ls /civic"], user="10001").exit_code != 0
 
 
 def test_an_image_that_cannot_be_pulled_is_a_clear_error_and_creates_nothing(

@@ -12,9 +12,11 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,17 +33,167 @@ PYTHON = sys.executable  # the venv's interpreter: runs the citizen agent
 # points at a plain interpreter (a pyenv shim costs ~150 ms a start, too slow for 2,000 duties).
 REAL_PYTHON3 = ("/usr/bin/python3" if os.path.exists("/usr/bin/python3")
                 else os.path.realpath(PYTHON))
+SRC = Path(__file__).resolve().parents[2] / "src"  # the agent is standard library only
+NOBODY = 65534  # the unprivileged user that runs "a volunteer's own account" citizens
+
+
+def public_dir(prefix: str) -> Path:
+    """A directory every user may traverse and read (the model of a citizen running as root
+    runs as a user of its own, and pytest's own tmp directories are private), removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 SQUARE_MODEL = """\
 import json, os, sys, time
 records = json.load(open(sys.argv[1]))
-marker = os.environ.get("DRILL_MARKERS")
-if marker:  # tell the drill this model started, and on which citizen
-    name = os.environ.get("DRILL_NAME", "?")
-    with open(os.path.join(marker, f"{name}-{os.getpid()}"), "w") as f:
-        json.dump(records, f)
 time.sleep(float(os.environ.get("DRILL_SLEEP", "%(sleep)s")))
 json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+# -- attack models (tests/faults/test_containment.py, tests/docker/test_docker_containment.py)
+# Each reads its input from argv[1] and writes its output to argv[2], as a model does.
+
+FORGED = ("import json, sys\nrecords = json.load(open(sys.argv[1]))\n"
+          "json.dump([{'n': r['n'], 'square': -1} for r in records], open(sys.argv[2], 'w'))\n")
+
+
+POISONER = """\
+import json, os, sys, time
+records = json.load(open(sys.argv[1]))
+seen = os.path.exists("POISONED")  # left behind by an earlier duty of this very bundle?
+forged = %r
+wrote = []
+for r in records:
+    for target in r["targets"]:
+        for attempt in range(2):
+            try:
+                with open(target, "w") as f:
+                    f.write(forged if target.endswith(".py") else "poisoned")
+                wrote.append(target)
+                break
+            except OSError:  # read-only? make it writable, once
+                try:
+                    os.chmod(target, 0o777)
+                    os.chmod(os.path.dirname(target) or ".", 0o777)
+                except OSError:
+                    break
+open("POISONED", "w").write("x")
+time.sleep(0.3)
+json.dump([{"n": r["n"], "seen": seen, "wrote": len(wrote)} for r in records],
+          open(sys.argv[2], "w"))
+""" % FORGED
+
+
+READER = """\
+import json, os, sys, time
+time.sleep(0.4)  # long enough for every citizen to get a duty
+found = {}
+def grab(label, path):
+    try:
+        with open(path, "rb") as f:
+            found[label] = f.read(1 << 16).decode("utf-8", "replace")
+    except OSError as exc:
+        found[label] = "denied: " + str(exc.strerror)
+for rel in ("identity.json", "../identity.json", "../../identity.json",
+            "../../../identity.json"):
+    grab(rel, rel)
+for home in os.environ.get("DRILL_HOMES", "").split(":"):
+    if home:
+        grab(home, os.path.join(home, "identity.json"))
+found["env"] = json.dumps(dict(os.environ))
+pid = os.getpid()
+while pid > 1:  # my ancestors: the shell, the agent, whoever started it
+    grab(f"environ {pid}", f"/proc/{pid}/environ")
+    grab(f"cmdline {pid}", f"/proc/{pid}/cmdline")
+    try:
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        break
+for entry in os.listdir("/proc"):  # and every process of the machine
+    if entry.isdigit():
+        grab(f"environ {entry}", f"/proc/{entry}/environ")
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "found": found} for r in records], open(sys.argv[2], "w"))
+print(json.dumps(found)[-3000:], file=sys.stderr)
+"""
+
+
+WRITER = """\
+import json, os, sys, tempfile
+marker = os.environ["DRILL_MARKER"]
+shared = os.environ["DRILL_SHARED"].split(":")
+here = os.path.realpath(os.getcwd())
+home, tmp = os.path.expanduser("~"), tempfile.gettempdir()
+report = {"home_inside": os.path.realpath(home).startswith(here + os.sep),
+          "tmp_inside": os.path.realpath(tmp).startswith(here + os.sep), "earlier": []}
+for label, d in (("HOME", home), ("TMPDIR", tmp), ("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"),
+                 ("/dev/shm", "/dev/shm")):
+    try:
+        if label in shared:
+            report["earlier"] += [n for n in os.listdir(d) if n.startswith(marker)]
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(d, f"{marker}-{os.getpid()}"), "w") as f:
+            f.write("left behind")
+        report[label] = "written"
+    except OSError as exc:
+        report[label] = "denied: " + str(exc.strerror)
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], **report} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+ESCAPER = """\
+import json, os, shutil, subprocess, sys
+marker = os.environ["DRILL_MARKER"]
+sleep = shutil.which("sleep")
+# a child in a session of its own that keeps the model's stdout open
+subprocess.Popen([marker + "-setsid", "1000"], executable=sleep, start_new_session=True)
+if os.fork() == 0:  # a double fork: the grandchild is nobody's child once its parent is gone
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sleep, [marker + "-double", "1000"])
+    os._exit(0)
+os.wait()
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+HOLDER = """\
+(exec -a "$DRILL_MARKER-holder" sleep 1000) &
+python3 -c 'import json, sys
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))' "$1" "$2"
+"""
+
+
+HOG = """\
+import json, sys
+hog = bytearray(2 << 30)  # 2 GiB
+for i in range(0, len(hog), 4096):
+    hog[i] = 1
+records = json.load(open(sys.argv[1]))
+json.dump([{"n": r["n"], "square": r["n"] ** 2} for r in records], open(sys.argv[2], "w"))
+"""
+
+
+UNSENDABLE = """\
+import json, sys
+(record,) = json.load(open(sys.argv[1]))
+with open(sys.argv[2], "w") as out:
+    if record["kind"] == "inf":
+        out.write("[1e999]")
+    elif record["kind"] == "surrogate":
+        out.write('["\\\\ud800"]')  # the JSON escape of a lone surrogate
+    elif record["kind"] == "big":  # 7.9 MiB that re-encode as 100000.0: above the frame limit
+        out.write("[" + "1e5," * (int(7.9 * 1024 * 1024) // 4) + "1]")
+    else:
+        json.dump([{"n": record["n"], "square": record["n"] ** 2}], out)
 """
 
 
@@ -85,12 +237,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 class Proc:
     """One process of the drill, in a process group of its own, logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path,
+                 user: int | None = None) -> None:
         self.name, self.argv, self.log = name, argv, log
         log.parent.mkdir(parents=True, exist_ok=True)
+        as_user = {} if user is None else {"user": user, "group": user, "extra_groups": []}
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          **as_user)
         self.pid = self.popen.pid
 
     @property
@@ -144,7 +299,8 @@ class Cluster:
         self.root = root
         self.home = root / "home"
         self.logs = root / "logs"
-        self.bin = root / "bin"
+        self.public = public_dir("civic-drill-")  # what models and unprivileged agents reach
+        self.bin = self.public / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
         link = self.bin / "python3"
         if not link.exists():
@@ -205,8 +361,8 @@ class Cluster:
         return env
 
     def start(self, name: str, argv: list[str], *, path_first: Path | None = None,
-              **env: str) -> Proc:
-        proc = Proc(name, argv, self._env(path_first, **env), self.logs / f"{name}.log")
+              user: int | None = None, **env: str) -> Proc:
+        proc = Proc(name, argv, self._env(path_first, **env), self.logs / f"{name}.log", user)
         self.procs.append(proc)
         return proc
 
@@ -226,15 +382,28 @@ class Cluster:
         return self._token
 
     def agent(self, name: str, *, path_first: Path | None = None, token: str | None = None,
-              host: str | None = None, **env: str) -> Proc:
+              host: str | None = None, user: int | None = None, args: Iterable[str] = (),
+              **env: str) -> Proc:
         """One citizen agent we control (SIGKILL-able), with its own home. ``path_first``
         goes ahead of everything on its PATH (e.g. a liar's fake python3); ``token`` is the
         join token (default: the server's); ``host`` its host key (default: a key of its own,
-        as if each agent ran on a machine of its own)."""
-        return self.start(name, [PYTHON, "-m", "civic.citizen.agent", self.address,
-                                 "--home", str(self.root / "citizens" / name), "--name", name],
-                          path_first=path_first, CIVIC_TOKEN=token or self.token,
+        as if each agent ran on a machine of its own). With ``user`` the agent runs as that
+        user (a volunteer's own account), from the system's Python."""
+        if user is None:
+            argv = [PYTHON]
+        else:  # the venv's interpreter may live where that user cannot go; the agent is stdlib
+            argv = [REAL_PYTHON3]
+            env = {"PYTHONPATH": str(SRC), **env}
+            self.home_of(name, user).mkdir(parents=True, exist_ok=True)
+            os.chown(self.home_of(name, user), user, user)
+        return self.start(name, [*argv, "-m", "civic.citizen.agent", self.address,
+                                 "--home", str(self.home_of(name, user)), "--name", name, *args],
+                          path_first=path_first, user=user, CIVIC_TOKEN=token or self.token,
                           CIVIC_HOST_KEY=host or f"host-of-{name}", **env)
+
+    def home_of(self, name: str, user: int | None = None) -> Path:
+        """Where :meth:`agent` puts a citizen's home (one ``user`` can write to)."""
+        return (self.root if user is None else self.public) / "citizens" / name
 
     def spawn(self, count: int, prefix: str = "citizen", **env: str) -> Proc:
         """`civic citizen spawn --runtime process`: COUNT agents as children of one command."""
@@ -252,6 +421,15 @@ class Cluster:
                     if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
                         found.append(int(entry.name))
         return sorted(found)
+
+    def model_processes(self, name: str) -> list[int]:
+        """Processes whose environment says DRILL_NAME=name (models started by that citizen,
+        when the drill gave it that variable)."""
+        def model(pid: int) -> bool:
+            return (f"\0DRILL_NAME={name}\0".encode()
+                    in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+                    and b"civic.citizen.agent" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+        return processes(model)
 
     # -- the CLI --------------------------------------------------------------------------
 
@@ -303,6 +481,7 @@ class Cluster:
             self.stop_processes()
         finally:
             stop_embedded_postgres(self.home / "postgres")
+            shutil.rmtree(self.public, ignore_errors=True)
 
 
 # -- the embedded PostgreSQL ------------------------------------------------------------------
@@ -382,8 +561,29 @@ def stop_embedded_postgres(pgdata: Path) -> None:
             os.kill(int(info["pid"]), signal.SIGKILL)
 
 
+def processes(matches: Callable[[int], bool]) -> list[int]:
+    """Live (not zombie) processes for which ``matches(pid)`` holds (errors count as no)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" \
+                        and matches(int(entry.name)):
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def with_marker(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``."""
+    return processes(lambda pid: marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
 def fake_python3(directory: Path, body: str) -> Path:
-    """A `python3` that runs ``body`` (Python, with INPUT and OUTPUT bound) instead of the model."""
+    """A `python3` that runs ``body`` (Python, with INPUT and OUTPUT bound) instead of the model.
+
+    It is written to a public copy of ``directory`` (returned): models may run as a user of
+    their own who cannot reach pytest's private tmp directories."""
+    directory = public_dir("civic-drill-") / directory.name
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "python3"
     script.write_text(f"#!{REAL_PYTHON3}\nimport sys, json\nINPUT, OUTPUT = sys.argv[-2:]\n{body}")
@@ -391,7 +591,8 @@ def fake_python3(directory: Path, body: str) -> Path:
     return directory
 
 
-__all__ = ["CIVIC", "Cluster", "Proc", "fake_python3", "free_port", "numbers", "pg_ctl",
-           "postmaster", "restart_embedded_postgres", "rss_kib", "square_model",
-           "start_embedded_postgres",
-           "stop_embedded_postgres", "wait_until"]
+__all__ = ["CIVIC", "ESCAPER", "FORGED", "HOG", "HOLDER", "NOBODY", "POISONER", "READER",
+           "UNSENDABLE", "WRITER", "Cluster", "Proc", "fake_python3", "free_port", "numbers",
+           "pg_ctl", "postmaster", "processes", "public_dir", "restart_embedded_postgres",
+           "rss_kib", "square_model", "start_embedded_postgres", "stop_embedded_postgres",
+           "wait_until", "with_marker"]

@@ -19,20 +19,17 @@ def test_citizen_sigkilled_mid_duty(cluster: Cluster, figures: dict[str, Any],
                                     replication: int) -> None:
     model = square_model(cluster.root / "slow", "slow", sleep=2.0,
                          extra=f"replication: {replication}\ntimeout: 30\n")
-    markers = cluster.root / "markers"
-    markers.mkdir()
     assert cluster.url
     cluster.start_server()
     cluster.add_model(model)
     ds = cluster.import_dataset("slow", numbers(cluster.root / "n.json", DUTIES))["id"]
 
-    victim = cluster.agent("victim", DRILL_MARKERS=str(markers), DRILL_NAME="victim")
-    honest = [cluster.agent(f"honest-{i}", DRILL_MARKERS=str(markers), DRILL_NAME=f"honest-{i}")
-              for i in (1, 2)]
+    victim = cluster.agent("victim", DRILL_NAME="victim")
+    honest = [cluster.agent(f"honest-{i}", DRILL_NAME=f"honest-{i}") for i in (1, 2)]
     started = time.monotonic()
 
-    # the victim's model has started (marker written) and is sleeping: kill the citizen now
-    wait_until(lambda: any(markers.glob("victim-*")), 60, "the victim's model to start", 0.05)
+    # the victim's model has started (its process is there) and sleeps: kill the citizen now
+    wait_until(lambda: cluster.model_processes("victim"), 60, "the victim's model to start", 0.05)
     held = cluster.sql("""SELECT r.id, r.duty_id FROM replicas r
                           JOIN citizens c ON c.id = r.citizen_id
                           WHERE c.name = 'victim' AND r.state = 'leased'""")

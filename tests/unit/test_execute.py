@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from civic.citizen import execute
-from civic.citizen.execute import BUILT_MARKER, TAIL, build, run_model
+from civic.citizen.execute import TAIL, build, run_model
 from civic.errors import ModelFailed
 from civic.protocol import Assignment, Result
 
@@ -70,7 +70,7 @@ def test_console_output_is_kept_on_success(tmp_path: Path) -> None:
     assert "working" in result.stderr_tail and "careful" in result.stderr_tail
 
 
-def test_model_runs_in_the_bundle_directory(tmp_path: Path) -> None:
+def test_model_runs_among_the_bundle_files(tmp_path: Path) -> None:
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "answer.json").write_text("42")
     assert run("cp answer.json {output}", tmp_path).output == 42
@@ -170,31 +170,3 @@ def test_work_directory_is_removed(tmp_path: Path, command: str, timeout: float)
     assert list((tmp_path / "work").iterdir()) == []
 
 
-# --- build ------------------------------------------------------------------------------------
-
-
-def test_build_runs_once(tmp_path: Path) -> None:
-    asyncio.run(build(tmp_path, "echo built >> build.log"))
-    asyncio.run(build(tmp_path, "echo built >> build.log"))
-    assert (tmp_path / "build.log").read_text() == "built\n"
-    assert (tmp_path / BUILT_MARKER).exists()
-
-
-def test_no_build_command_does_nothing(tmp_path: Path) -> None:
-    asyncio.run(build(tmp_path, None))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_failing_build_raises_with_tail(tmp_path: Path) -> None:
-    with pytest.raises(ModelFailed, match="code 2") as info:
-        asyncio.run(build(tmp_path, "echo 'missing compiler' >&2; exit 2"))
-    assert "missing compiler" in info.value.stderr_tail
-    assert not (tmp_path / BUILT_MARKER).exists()
-
-
-def test_failed_build_is_tried_again(tmp_path: Path) -> None:
-    command = "echo try >> build.log; exit 1"
-    for _ in range(2):
-        with pytest.raises(ModelFailed):
-            asyncio.run(build(tmp_path, command))
-    assert (tmp_path / "build.log").read_text() == "try\ntry\n"

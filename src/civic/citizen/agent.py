@@ -19,15 +19,19 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from civic import protocol as p
-from civic.citizen.bundles import unpack_bundle
-from civic.citizen.execute import build, run_model
-from civic.errors import CivicError, Incompatible, ModelFailed, ProtocolError, Refused
+from civic.citizen.bundles import Fingerprint, copy_tree, fingerprint, unpack_bundle
+from civic.citizen.execute import build, check_sandbox, run_model
+from civic.citizen.sandbox import Sandbox, become_subreaper, hide_process
+from civic.errors import (BundleChanged, CivicError, Incompatible, ModelFailed, ProtocolError,
+                          Refused)
 
 log = logging.getLogger("civic.citizen")
 
@@ -51,6 +55,8 @@ class AgentOptions:
     parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
     host: str = ""  # key shared by the citizens of one machine (default: from its machine id)
     memory: int = 0  # bytes a model may use here (default: the machine's physical memory)
+    model_user: int | None = None  # uid models run as when the agent is root (default: its own)
+    landlock: bool = True  # confine models' writes with Landlock where the kernel has it
 
 
 class Agent:
@@ -61,7 +67,10 @@ class Agent:
         self.host, self.port = p.parse_address(options.address)
         self.identity_file = options.home / "identity.json"
         self.bundles = options.home / "bundles"
+        self.sandbox = Sandbox.for_agent(options.model_user, options.landlock)
         self.work = options.work or options.home / "work"
+        self.private_work: Path | None = None  # made by this agent, removed when it stops
+        self.fingerprints: dict[str, Fingerprint] = {}  # bundles checked in this agent's life
         self.tls = self._tls()
         self.unacked: dict[int, p.Result] = {}
         self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
@@ -72,7 +81,57 @@ class Agent:
 
     async def run(self) -> None:
         """Connect and serve until cancelled; reconnect with capped exponential backoff + jitter."""
-        self.options.home.mkdir(parents=True, exist_ok=True)
+        self._prepare()
+        try:
+            await self._check_sandbox()
+            await self._serve()
+        finally:
+            if self.private_work is not None:
+                self.sandbox.remove(self.private_work)
+
+    def _prepare(self) -> None:
+        """Home and work directories the models cannot reach into beyond their own duty."""
+        home = self.options.home
+        home.mkdir(parents=True, exist_ok=True)
+        if self.sandbox.uid is not None:
+            # Models have a uid of their own: the home (credential, bundle cache) is closed to
+            # them, so their duties run elsewhere, in a directory they can only traverse.
+            if home.stat().st_uid != os.geteuid():  # e.g. a volume of an older citizen image
+                self.sandbox.reclaim(home)
+            home.chmod(0o700)
+            if self.options.work is None:
+                _remove_stale_work(self.sandbox)
+                self.private_work = Path(tempfile.mkdtemp(prefix=f"civic-work-{os.getpid()}-"))
+                self.work = self.private_work
+            self.work.mkdir(parents=True, exist_ok=True)
+            self.work.chmod(0o711)
+            if blocked := _closed_to_others(self.work):
+                raise CivicError(f"models run as uid {self.sandbox.uid} and cannot reach the "
+                                 f"work directory {self.work}: {blocked} is closed to other "
+                                 "users; choose another with --work")
+        elif self.options.work is None and self.work.is_dir():  # this citizen's alone
+            for stale in self.work.iterdir():  # left by a citizen killed mid-duty
+                if stale.name.startswith(("duty-", "build-")):
+                    self.sandbox.remove(stale)
+        self.work.mkdir(parents=True, exist_ok=True)
+        log.info("%s", self.sandbox.describe())
+
+    async def _check_sandbox(self) -> None:
+        """Fail at once, saying why, when models cannot be run contained here (say, a uid
+        the system refuses), rather than fail every duty."""
+        try:
+            probe = Path(tempfile.mkdtemp(prefix="build-probe-", dir=self.work))
+        except OSError as exc:
+            raise CivicError(f"cannot use the work directory {self.work}: {exc}") from None
+        try:
+            await check_sandbox(probe, self.sandbox)
+        except ModelFailed as exc:
+            raise CivicError(f"cannot run models here ({self.sandbox.describe()}): {exc}; "
+                             "see --model-user and --no-landlock") from None
+        finally:
+            self.sandbox.remove(probe)
+
+    async def _serve(self) -> None:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(
@@ -198,42 +257,93 @@ class Agent:
         try:
             self.running = assignment.replica_id
             await self._beat(writer)  # started: its deadline becomes the model's timeout
-            bundle_dir = await self._bundle(reader, writer, assignment)
-            await build(bundle_dir, assignment.build)
-            result = await run_model(assignment, bundle_dir, self.work)
+            result = await self._contained(reader, writer, assignment)
         except ModelFailed as exc:
             result = p.Result(assignment.replica_id, None, error=str(exc),
                               stderr_tail=exc.stderr_tail)
         finally:
             self.running = None
+        result = _sendable(result)
         log.info("duty %d (replica %d): %s in %.2fs", assignment.duty_id, assignment.replica_id,
                  result.error or "ok", result.elapsed)
         return result
 
+    async def _contained(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         assignment: p.Assignment) -> p.Result:
+        """Run the replica on a copy of its bundle, checked against the bundle's fingerprint;
+        a bundle that changed on disk is thrown away, fetched and built again (once)."""
+        for attempt in (1, 2):
+            bundle_dir, known = await self._bundle(reader, writer, assignment)
+            try:
+                return await run_model(assignment, bundle_dir, self.work, self.sandbox, known)
+            except BundleChanged as exc:
+                log.warning("%s; fetching it again", exc)
+                self.fingerprints.pop(assignment.bundle_sha256, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     async def _bundle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      assignment: p.Assignment) -> Path:
-        """The unpacked bundle, fetched only if the cache lacks this sha256."""
+                      assignment: p.Assignment) -> tuple[Path, Fingerprint]:
+        """The built bundle and its fingerprint. A tree this agent has not fetched and checked
+        itself (left by an earlier run, or changed since) is never trusted: it is fetched,
+        verified, unpacked and built again."""
         sha = assignment.bundle_sha256
         dest = self.bundles / sha
-        if dest.is_dir():
-            return dest
+        if (known := self.fingerprints.get(sha)) is not None:
+            return dest, known
+        if os.path.lexists(dest):
+            self.sandbox.remove(dest)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        part = self.bundles / f"{sha}.part"
+        try:
+            await self._fetch(reader, writer, sha, part)
+            if assignment.build:
+                await self._build(part, sha, assignment.build, dest)
+            else:
+                unpack_bundle(part, dest, sha)
+        finally:
+            part.unlink(missing_ok=True)
+        log.info("fetched bundle %s for %s v%d", sha[:12], assignment.model,
+                 assignment.model_version)
+        try:
+            self.fingerprints[sha] = fingerprint(dest)
+        except OSError as exc:
+            raise ModelFailed(f"bundle {sha[:12]}: cannot read it back: {exc}") from None
+        return dest, self.fingerprints[sha]
+
+    async def _fetch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     sha: str, part: Path) -> None:
         await p.send(writer, p.FetchBundle(sha))
         header = await self._read(reader)
         if not isinstance(header, p.Bundle) or header.sha256 != sha:
             self._closing(header)
             raise ProtocolError("expected the bundle that was asked for")
-        self.bundles.mkdir(parents=True, exist_ok=True)
-        part = self.bundles / f"{sha}.part"
+        with open(part, "wb") as f:
+            async for chunk in p.read_payload(reader, header.size):
+                f.write(chunk)
+
+    async def _build(self, archive: Path, sha: str, command: str, dest: Path) -> None:
+        """Unpack into a fresh directory under the work root, build there as a model runs,
+        then seal a copy of the result (the agent's own files) into the cache at ``dest``."""
+        holder = Path(tempfile.mkdtemp(prefix=f"build-{sha[:12]}-", dir=self.work))
+        holder.chmod(0o755)
         try:
-            with open(part, "wb") as f:
-                async for chunk in p.read_payload(reader, header.size):
-                    f.write(chunk)
-            unpack_bundle(part, dest, sha)
+            tree = holder / "bundle"
+            unpack_bundle(archive, tree, sha)
+            await build(tree, command, self.sandbox)
+            staging = Path(tempfile.mkdtemp(prefix=f".{sha}.", dir=self.bundles))
+            try:
+                copy_tree(tree, staging)
+                os.rename(staging, dest)
+            except OSError as exc:
+                raise ModelFailed(f"bundle {sha[:12]}: cannot keep the built files: {exc}"
+                                  ) from None
+            finally:
+                if staging.exists():
+                    self.sandbox.remove(staging)
         finally:
-            part.unlink(missing_ok=True)
-        log.info("fetched bundle %s (%d bytes) for %s v%d", sha[:12], header.size,
-                 assignment.model, assignment.model_version)
-        return dest
+            self.sandbox.remove(holder)
 
     def _load_identity(self) -> dict[str, str]:
         try:
@@ -250,8 +360,42 @@ class Agent:
         os.replace(tmp, self.identity_file)
 
 
+def _sendable(result: p.Result) -> p.Result:
+    """The result, or, when the wire cannot carry it (NaN, a lone surrogate, a frame above the
+    limit once encoded), an error result saying why: the citizen goes on either way."""
+    try:
+        p.encode(result)
+        return result
+    except ProtocolError as exc:
+        return p.Result(result.replica_id, result.exit_code,
+                        error=f"output cannot be sent: {exc}",
+                        stderr_tail=result.stderr_tail, elapsed=result.elapsed)
+
+
+def _remove_stale_work(sandbox: Sandbox) -> None:
+    """Remove the private work directories of agents that are gone (killed mid-duty)."""
+    for stale in Path(tempfile.gettempdir()).glob("civic-work-*-*"):
+        try:
+            os.kill(int(stale.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            sandbox.remove(stale)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _closed_to_others(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that other users cannot traverse."""
+    for directory in [*reversed(path.parents), path]:
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return directory
+    return None
+
+
 def host_key() -> str:
-    """A key shared by every citizen of this machine: a hash of its machine id (or host name)."""
+    """A key shared by every citizen of this machine: $CIVIC_HOST_KEY when set, else a hash of
+    its machine id (or host name)."""
+    if given := os.environ.get("CIVIC_HOST_KEY", "").strip():
+        return given
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         with contextlib.suppress(OSError):
             if machine := Path(path).read_text().strip():
@@ -274,9 +418,19 @@ def _platform() -> str:
 
 
 def read_token(path: Path | None) -> str | None:
-    """The join token: from a file (never the command line, which ``ps`` shows), or CIVIC_TOKEN."""
+    """The join token: from a file (``-``: the first line of stdin, as the process runtime
+    passes it), or CIVIC_TOKEN — never the command line, which ``ps`` shows.
+
+    A process holding the token in its environment hides itself (non-dumpable), so that
+    processes of its user cannot read it from /proc/PID/environ.
+    """
     if path is None:
-        return os.environ.get("CIVIC_TOKEN") or None
+        token = os.environ.get("CIVIC_TOKEN") or None
+        if token:
+            hide_process()
+        return token
+    if str(path) == "-":
+        return sys.stdin.readline().strip() or None
     try:
         return path.read_text().strip() or None
     except OSError as exc:
@@ -298,6 +452,11 @@ async def _orphaned(parent: int) -> None:
 
 def run(options: AgentOptions) -> int:
     """Run one citizen in the foreground until SIGINT/SIGTERM; returns the exit status."""
+
+    # Models must not read this process's environment or memory (the join token), nor escape
+    # its reach by double-forking: their orphans become its children, to be killed.
+    hide_process()
+    become_subreaper()
 
     async def main() -> None:
         task = asyncio.ensure_future(Agent(options).run())
@@ -330,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
     parser.add_argument("--work", type=Path, help="scratch directory (default: HOME/work)")
     parser.add_argument("--token-file", type=Path,
-                        help="file holding the join token (default: $CIVIC_TOKEN)")
+                        help="file holding the join token, - for stdin (default: $CIVIC_TOKEN)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--ca", type=Path, help="CA file to check the server's certificate "
                                                 "(default: the system's roots)")
@@ -340,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
                              "machine id; $CIVIC_HOST_KEY)")
     parser.add_argument("--memory", type=int, default=0,
                         help="bytes a model may use here (default: physical memory)")
+    parser.add_argument("--model-user", type=int, metavar="UID",
+                        help="uid models run as when the citizen runs as root (default: one "
+                             "of their own, unused by any account)")
+    parser.add_argument("--no-landlock", action="store_true",
+                        help="do not confine models' writes to their duty directory with "
+                             "Landlock (for models that must write elsewhere)")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -352,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
                             max(1, args.prefetch), token=token,
                             work=args.work, tls=args.tls, ca=args.ca,
-                            parent=args.parent, host=args.host_key, memory=args.memory))
+                            parent=args.parent, host=args.host_key, memory=args.memory,
+                            model_user=args.model_user, landlock=not args.no_landlock))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The docker runtime: one hardened container per citizen, found again by its labels.
 
-Each citizen runs the citizen image with a read-only root filesystem and a tmpfs /tmp, all
-capabilities dropped, no-new-privileges, CPU / memory / pids limits, a restart policy, and a
-named volume of its own for its identity and bundle cache.
+Each citizen runs the citizen image with a read-only root filesystem and a tmpfs /tmp, every
+capability dropped but the four its agent needs to run models as another user (CHOWN, SETUID,
+SETGID, KILL: the models themselves get none), no-new-privileges, CPU / memory / pids limits, a
+restart policy, and a named volume of its own for its identity and bundle cache. Every container
+spawned on one machine reports that machine's host key, and the memory it may give a model.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from civic.citizen.agent import host_key
+from civic.citizen.runtimes import Joining
 from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
                           is_container, labels, selector)
-from civic.citizen.runtimes import Joining
-from civic.errors import NotFound
+from civic.errors import NotFound, UsageError
 from civic.protocol import parse_address
 
 ROLE = "citizen"
 CA_IN_CONTAINER = "/etc/civic/ca.pem"
+# The agent runs as root in its container with these capabilities only; its models run as
+# MODEL_USER with none (setuid clears them; no-new-privileges keeps them from coming back).
+AGENT_CAPABILITIES = ["CHOWN", "SETUID", "SETGID", "KILL"]
+MODEL_USER = 10001
+_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,16 @@ class Limits:
     memory: str = "1g"
     pids: int = 256
     tmpfs: str = "256m"
+
+    @property
+    def memory_bytes(self) -> int:
+        """``memory`` ("512m", "2g", "1073741824") in bytes."""
+        text = self.memory.strip().lower().removesuffix("b") or "0"
+        unit = _UNITS.get(text[-1], 1)
+        try:
+            return int(float(text[:-1] if text[-1] in _UNITS else text) * unit)
+        except ValueError:
+            raise UsageError(f"--memory must look like 512m or 2g, not {self.memory!r}") from None
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,7 @@ class DockerRuntime:
         self.engine, self.instance, self.image = engine, instance, image
         self.limits = limits or Limits()
         self.network = network
+        self.host_key = host_key()  # this machine's ($CIVIC_HOST_KEY, or from its machine id)
 
     @staticmethod
     def default_network(address: str) -> str:
@@ -114,14 +133,18 @@ class DockerRuntime:
                 mounts[str(joining.ca.resolve())] = {"bind": CA_IN_CONTAINER, "mode": "ro"}
             made.append(self.engine.containers.run(
                 self.image, [*joining.agent_args(name, CA_IN_CONTAINER),
-                             "--work", "/tmp/work"],  # inputs and outputs stay in the tmpfs
-                name=self.container_name(name), detach=True, labels=tags,
+                             "--work", "/tmp/work",  # duties stay in the tmpfs
+                             "--host-key", self.host_key,
+                             "--memory", str(self.limits.memory_bytes),
+                             "--model-user", str(MODEL_USER)],
+                name=self.container_name(name), detach=True, labels=tags, user="0",
                 environment=joining.env, restart_policy={"Name": "unless-stopped"},
                 nano_cpus=int(self.limits.cpus * 1e9), mem_limit=self.limits.memory,
                 memswap_limit=self.limits.memory, pids_limit=self.limits.pids,
-                read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.limits.tmpfs}"},
-                cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                volumes=mounts, **placement))
+                read_only=True,  # duties run (and execute their programs) in the tmpfs
+                tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={self.limits.tmpfs}"},
+                cap_drop=["ALL"], cap_add=AGENT_CAPABILITIES,
+                security_opt=["no-new-privileges"], volumes=mounts, **placement))
         return made
 
     def list(self) -> list[CitizenContainer]:

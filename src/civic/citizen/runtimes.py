@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from civic.citizen.sandbox import hide_process
+
 
 @dataclass(frozen=True)
 class Joining:
@@ -19,7 +21,7 @@ class Joining:
 
     address: str
     prefetch: int = 1
-    token: str | None = None  # goes in the environment, never on a command line (ps shows it)
+    token: str | None = None  # never on a command line (ps shows it)
     tls: bool = False
     ca: Path | None = None  # implies TLS
 
@@ -32,6 +34,8 @@ class Joining:
 
     @property
     def env(self) -> dict[str, str]:
+        """The token as a container's environment carries it (its agent runs as root there,
+        non-dumpable, and its models as another user, so they cannot read it)."""
         return {"CIVIC_TOKEN": self.token} if self.token else {}
 
 
@@ -58,7 +62,11 @@ class Runtime(Protocol):
 
 
 class ProcessRuntime:
-    """Citizens as child processes of this one, each with its own home under ``homes``."""
+    """Citizens as child processes of this one, each with its own home under ``homes``.
+
+    The join token reaches each agent on its stdin, never in its environment; this process,
+    whose environment may hold it, hides itself (non-dumpable) from the models' user.
+    """
 
     name = "process"
 
@@ -66,6 +74,7 @@ class ProcessRuntime:
         self.homes, self.log_dir = homes, log_dir
 
     def spawn(self, joining: Joining, names: list[str]) -> list[Spawned]:
+        hide_process()
         spawned: list[Spawned] = []
         try:
             for name in names:
@@ -83,16 +92,24 @@ class ProcessRuntime:
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "civic.citizen.agent", *joining.agent_args(name),
                    "--home", str(home), "--parent", str(os.getpid())]
+        command += ["--token-file", "-"] if joining.token else []
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             out = open(log, "ab")
+        # CIVIC_HOST_KEY and the rest pass through; the token goes on stdin instead.
+        env = {k: v for k, v in os.environ.items() if k != "CIVIC_TOKEN"}
         try:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    env={**os.environ, **joining.env})
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                       env=env)
         finally:
             if out is not None:
                 out.close()
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(f"{joining.token or ''}\n".encode())
+        process.stdin.close()
+        return process
 
     def stop(self, citizens: list[Spawned], timeout: float = 10.0) -> None:
         """SIGTERM every citizen (they finish cleanly), then SIGKILL whoever is still there."""

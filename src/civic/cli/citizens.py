@@ -17,7 +17,7 @@ from civic.citizen import agent
 from civic.citizen.containers import DockerRuntime, Limits
 from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.cli.context import Context
-from civic.errors import UsageError
+from civic.errors import Refused, UsageError
 from civic.protocol import parse_address
 
 app = typer.Typer(no_args_is_help=True, help="Run citizens: workers that compute duties.")
@@ -133,16 +133,26 @@ def _spawn_processes(c: Context, joining: Joining, names: list[str], log_dir: Pa
     c.err.print(table)
     c.err.print("[dim]Ctrl-C stops them all[/]")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    stopped = False
     try:
         while any(s.running for s in spawned):
             time.sleep(0.5)
     except KeyboardInterrupt:
         c.note("stopping citizens…")
+        stopped = True
     finally:
         runner.stop(spawned)
-    for s in spawned:
-        if s.process.returncode not in (0, -signal.SIGTERM):
-            c.note(f"{s.name} exited with status {s.process.returncode}")
+    codes = [s.process.returncode for s in spawned]
+    for s, code in zip(spawned, codes):
+        if code not in (0, -signal.SIGTERM):
+            c.note(f"{s.name} exited with status {code}")
+    if stopped:
+        return
+    if all(code == Refused.exit_code for code in codes):
+        c.note("the server refused every citizen (see their messages above)")
+        raise typer.Exit(Refused.exit_code)
+    if any(code != 0 for code in codes):
+        raise typer.Exit(1)
 
 
 def _docker(c: Context) -> DockerRuntime:

@@ -14,13 +14,14 @@ RUN if command -v cc >/dev/null; then :; \
       apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
- && (adduser -D -H -u 10001 citizen 2>/dev/null || useradd -M -u 10001 citizen) \
- && mkdir -p /civic && chown 10001 /civic
+ && (adduser -D -H -u 10001 model 2>/dev/null || useradd -M -u 10001 model) \
+ && mkdir -p /civic && chmod 0700 /civic
 COPY agent/ /opt/civic/
 ENV PYTHONPATH=/opt/civic PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/civic
 LABEL civic.image=citizen civic.version=${VERSION}
-# An unprivileged user; identity, bundle cache and work files live in the /civic volume.
-USER 10001
+# The agent runs as root with only the capabilities `civic citizen spawn` grants it (CHOWN,
+# SETUID, SETGID, KILL) and no new privileges; models run as the unprivileged user 10001 with
+# none. Identity and bundle cache live in the /civic volume, closed to models.
 WORKDIR /civic
 VOLUME /civic
-ENTRYPOINT ["python3", "-m", "civic.citizen.agent", "--home", "/civic"]
+ENTRYPOINT ["python3", "-m", "civic.citizen.agent", "--home", "/civic", "--model-user", "10001"]
