@@ -398,8 +398,9 @@ class Cluster:
             os.chown(self.home_of(name, user), user, user)
         return self.start(name, [*argv, "-m", "civic.citizen.agent", self.address,
                                  "--home", str(self.home_of(name, user)), "--name", name, *args],
-                          path_first=path_first, user=user, CIVIC_TOKEN=token or self.token,
-                          CIVIC_HOST_KEY=host or f"host-of-{name}", **env)
+                          path_first=path_first, user=user,
+                          **{"CIVIC_TOKEN": token or self.token,
+                             "CIVIC_HOST_KEY": host or f"host-of-{name}", **env})
 
     def home_of(self, name: str, user: int | None = None) -> Path:
         """Where :meth:`agent` puts a citizen's home (one ``user`` can write to)."""
@@ -438,7 +439,9 @@ class Cluster:
         assert done.returncode == 0, done.stderr
 
     def import_dataset(self, model: str, path: Path, *options: str) -> dict[str, Any]:
-        done = self.civic("dataset", "import", model, str(path), *options, "--json", timeout=120)
+        """`civic dataset import --again`: drills import the same numbers over and over."""
+        done = self.civic("dataset", "import", model, str(path), *options, "--again", "--json",
+                          timeout=120)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
