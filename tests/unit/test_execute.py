@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from civic.citizen import execute
-from civic.citizen.execute import TAIL, build, run_model
-from civic.errors import ModelFailed
+from civic.citizen.execute import TAIL, run_model
 from civic.protocol import Assignment, Result
 
 INPUT = {"letters": ["a", "b", "é"], "n": 2.5, "nested": {"ok": True, "none": None}}

@@ -4,13 +4,11 @@ bundles): real model commands in real subprocesses, as this user and, as root, a
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 from civic.citizen import sandbox as sandboxing
 from civic.citizen.bundles import copy_tree, fingerprint
 from civic.citizen.execute import build, run_model
-from civic.citizen.sandbox import Sandbox, hide_process, landlock_abi
+from civic.citizen.sandbox import Sandbox, landlock_abi
 from civic.errors import BundleChanged, ModelFailed
 from civic.protocol import Assignment, Result
 
