@@ -64,6 +64,15 @@ class Civic:
         raise AssertionError(f"dataset {dataset} not finished after {timeout}s")
 
 
+def write_model(directory: Path, manifest: str, **files: str) -> Path:
+    """A model directory: its civic.yaml and the files named by keyword."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "civic.yaml").write_text(manifest)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

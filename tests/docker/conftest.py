@@ -17,27 +17,13 @@ import docker
 import images as base_images  # tests/docker/images.py
 import pytest
 from civic_cli import Civic
+from drill_figures import Figures
 from docker_objects import remove_instance
 
 
-_FIGURES: list[tuple[str, dict[str, Any]]] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _FIGURES:
-        terminalreporter.section("docker drill figures")
-        for name, measured in _FIGURES:
-            terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}"
-                                                                for k, v in measured.items()))
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """What a drill measured (kept even when it fails), shown in the terminal summary."""
-    measured: dict[str, Any] = {}
-    yield measured
-    if measured:
-        _FIGURES.append((request.node.name, measured))
+_FIGURES = Figures("docker drill figures")
+pytest_terminal_summary = _FIGURES.summary
+figures = _FIGURES.fixture()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

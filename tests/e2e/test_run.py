@@ -11,17 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from civic_cli import ALPHABET, CIVIC, Civic
+from civic_cli import ALPHABET, CIVIC, Civic, write_model
 
 pytestmark = pytest.mark.e2e
-
-
-def write_model(directory: Path, manifest: str, **files: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "civic.yaml").write_text(manifest)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
 
 
 FAILING = """\

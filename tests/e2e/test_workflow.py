@@ -10,7 +10,7 @@ import string
 from pathlib import Path
 
 import pytest
-from civic_cli import ALPHABET, Civic, free_port, next_letter, wait_for_line
+from civic_cli import ALPHABET, Civic, free_port, next_letter, wait_for_line, write_model
 
 pytestmark = pytest.mark.e2e
 
@@ -81,14 +81,6 @@ def test_server_and_spawned_citizens_as_separate_commands(civic: Civic) -> None:
 
     server.send_signal(signal.SIGTERM)
     assert server.wait(60) == 0
-
-
-def write_model(directory: Path, manifest: str, **files: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "civic.yaml").write_text(manifest)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
 
 
 def test_any_language_json_input_several_records_per_duty(civic: Civic, tmp_path: Path) -> None:

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from drill_figures import Figures
 from faultkit import Cluster
 
-_FIGURES: list[tuple[str, dict[str, Any]]] = []
+_FIGURES = Figures("fault drill figures")
+pytest_terminal_summary = _FIGURES.summary
+figures = _FIGURES.fixture()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: fault drills driving real processes")
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _FIGURES:
-        terminalreporter.section("fault drill figures")
-        for name, figures in _FIGURES:
-            terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}"
-                                                                for k, v in figures.items()))
 
 
 @pytest.fixture
@@ -33,12 +27,3 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield drill
     finally:
         drill.close()
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """What a drill measured (kept even when it fails), shown in the terminal summary."""
-    measured: dict[str, Any] = {}
-    yield measured
-    if measured:
-        _FIGURES.append((request.node.name, measured))
