@@ -51,16 +51,7 @@ class Drill:
             "two citizen containers connected")
 
     def model(self, name: str, files: dict[str, str], run: str, extra: str = "") -> str:
-        directory = self.cluster.root / "models" / name
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "civic.yaml").write_text(
-            f"name: {name}\nrun: {run}\ninput: {{format: json, records_per_duty: 1}}\n"
-            f"replication: 1\nmax_attempts: 1\ntimeout: 60\n{extra}")
-        for file, text in files.items():
-            (directory / file).write_text(text)
-        self.cluster.add_model(directory)
-        return self.cluster.sql("SELECT bundle_sha256 FROM models WHERE name = %s ORDER BY "
-                                "version DESC LIMIT 1", (name,))[0]["bundle_sha256"]
+        return self.cluster.add_drill_model(name, files, run, extra)
 
     def compute(self, name: str, records: list[dict[str, Any]], timeout: float = 180
                 ) -> list[dict[str, Any]]:

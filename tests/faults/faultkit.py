@@ -438,6 +438,21 @@ class Cluster:
         done = self.civic("model", "add", str(directory), timeout=120)
         assert done.returncode == 0, done.stderr
 
+    def add_drill_model(self, name: str, files: dict[str, str], run: str,
+                        extra: str = "") -> str:
+        """Add a model (replication 1, one JSON record a duty) of these files; returns its
+        bundle's sha256."""
+        directory = self.root / "models" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "civic.yaml").write_text(
+            f"name: {name}\nrun: {run}\ninput: {{format: json, records_per_duty: 1}}\n"
+            f"replication: 1\nmax_attempts: 1\ntimeout: 60\n{extra}")
+        for file, text in files.items():
+            (directory / file).write_text(text)
+        self.add_model(directory)
+        return self.sql("SELECT bundle_sha256 FROM models WHERE name = %s ORDER BY version DESC "
+                        "LIMIT 1", (name,))[0]["bundle_sha256"]
+
     def import_dataset(self, model: str, path: Path, *options: str) -> dict[str, Any]:
         """`civic dataset import --again`: drills import the same numbers over and over."""
         done = self.civic("dataset", "import", model, str(path), *options, "--again", "--json",

@@ -60,20 +60,6 @@ def citizens(lab: Cluster, mode: str, tag: str, count: int = 2, **env: str
         lab.stop_processes(procs)
 
 
-def model(lab: Cluster, name: str, files: dict[str, str], run: str, extra: str = "") -> str:
-    """Add a model (replication 1) of these files; returns its bundle's sha256."""
-    directory = lab.root / "models" / name
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "civic.yaml").write_text(
-        f"name: {name}\nrun: {run}\ninput: {{format: json, records_per_duty: 1}}\n"
-        f"replication: 1\nmax_attempts: 1\ntimeout: 60\n{extra}")
-    for file, text in files.items():
-        (directory / file).write_text(text)
-    lab.add_model(directory)
-    return lab.sql("SELECT bundle_sha256 FROM models WHERE name = %s ORDER BY version DESC "
-                   "LIMIT 1", (name,))[0]["bundle_sha256"]
-
-
 def compute(lab: Cluster, name: str, records: list[dict[str, Any]], timeout: float = 120
             ) -> list[dict[str, Any]]:
     """Import ``records`` for model ``name``, wait until none is pending; one row per replica
@@ -99,12 +85,12 @@ def alive(procs: list[Proc]) -> bool:
 def test_a_model_cannot_poison_the_bundle_cache(lab: Cluster, mode: str,
                                                 figures: dict[str, Any]) -> None:
     victim = f"victim-{mode}"
-    victim_sha = model(lab, victim, {"model.py": (square_model(lab.root / "sq", "sq", sleep=0.3)
-                                                  / "model.py").read_text()},
-                       "python3 model.py {input} {output}")
+    square = (square_model(lab.root / "sq", "sq", sleep=0.3) / "model.py").read_text()
+    victim_sha = lab.add_drill_model(victim, {"model.py": square},
+                                     "python3 model.py {input} {output}")
     poisoner = f"poisoner-{mode}"
-    poisoner_sha = model(lab, poisoner, {"model.py": POISONER},
-                         "python3 model.py {input} {output}")
+    poisoner_sha = lab.add_drill_model(poisoner, {"model.py": POISONER},
+                                       "python3 model.py {input} {output}")
     with citizens(lab, mode, "cache") as agents:
         homes = [lab.home_of(p.name, None if mode == "root" else NOBODY) for p in agents]
         targets = [f"{base}/{victim_sha}/model.py" for base in
@@ -144,7 +130,7 @@ def test_a_model_cannot_poison_the_bundle_cache(lab: Cluster, mode: str,
 def test_a_model_cannot_read_the_credential_or_the_token(lab: Cluster, mode: str,
                                                         figures: dict[str, Any]) -> None:
     name = f"reader-{mode}"
-    model(lab, name, {"model.py": READER}, "python3 model.py {input} {output}")
+    lab.add_drill_model(name, {"model.py": READER}, "python3 model.py {input} {output}")
     user = None if mode == "root" else NOBODY
     homes = [lab.home_of(f"ident-{mode}-{i}", user) for i in (1, 2)]
     with citizens(lab, mode, "ident", DRILL_HOMES=":".join(map(str, homes))) as agents:
@@ -199,7 +185,7 @@ def test_writes_to_home_and_tmp_stay_in_the_duty(lab: Cluster, mode: str,
                                                  figures: dict[str, Any]) -> None:
     name = f"writer-{mode}"
     marker = f"civicdrill{uuid.uuid4().hex[:10]}"
-    model(lab, name, {"model.py": WRITER}, "python3 model.py {input} {output}")
+    lab.add_drill_model(name, {"model.py": WRITER}, "python3 model.py {input} {output}")
     # As the citizen's own user, a model shares /dev/shm with that user's other processes.
     shared = ["HOME", "TMPDIR", "/tmp", "/var/tmp"] + (["/dev/shm"] if mode == "root" else [])
     tops = ["/tmp", "/var/tmp"] + (["/dev/shm"] if mode == "root" else [])
@@ -227,8 +213,8 @@ def test_writes_to_home_and_tmp_stay_in_the_duty(lab: Cluster, mode: str,
 def test_no_process_outlives_its_duty(lab: Cluster, mode: str, figures: dict[str, Any]) -> None:
     name = f"escaper-{mode}"
     marker = f"civicdrill{uuid.uuid4().hex[:10]}"
-    model(lab, name, {"model.py": ESCAPER}, "python3 model.py {input} {output}",
-          extra="timeout: 20\n")
+    lab.add_drill_model(name, {"model.py": ESCAPER}, "python3 model.py {input} {output}",
+                        extra="timeout: 20\n")
     with citizens(lab, mode, "escape", DRILL_MARKER=marker) as agents:
         rows = compute(lab, name, [{"n": n} for n in range(4)])
         left = ""
@@ -253,8 +239,8 @@ def test_a_child_holding_stdout_does_not_time_the_duty_out(lab: Cluster, mode: s
                                                            figures: dict[str, Any]) -> None:
     name = f"holder-{mode}"
     marker = f"civicdrill{uuid.uuid4().hex[:10]}"
-    model(lab, name, {"hold.sh": HOLDER}, "bash hold.sh {input} {output}",
-          extra="timeout: 8\n")
+    lab.add_drill_model(name, {"hold.sh": HOLDER}, "bash hold.sh {input} {output}",
+                        extra="timeout: 8\n")
     with citizens(lab, mode, "holder", DRILL_MARKER=marker) as agents:
         rows = compute(lab, name, [{"n": n} for n in range(3)])
         gone = not with_marker(marker) or wait_until(lambda: not with_marker(marker), 10,
@@ -274,11 +260,12 @@ def test_a_child_holding_stdout_does_not_time_the_duty_out(lab: Cluster, mode: s
 @pytest.mark.parametrize("mode", MODES)
 def test_the_memory_limit_is_enforced(lab: Cluster, mode: str, figures: dict[str, Any]) -> None:
     name = f"hog-{mode}"
-    model(lab, name, {"model.py": HOG}, "python3 model.py {input} {output}",
-          extra="memory: 256m\n")
+    lab.add_drill_model(name, {"model.py": HOG}, "python3 model.py {input} {output}",
+                        extra="memory: 256m\n")
     fine = f"fine-{mode}"
-    model(lab, fine, {"model.py": (square_model(lab.root / "sq", "sq") / "model.py").read_text()},
-          "python3 model.py {input} {output}", extra="memory: 256m\n")
+    square = (square_model(lab.root / "sq", "sq") / "model.py").read_text()
+    lab.add_drill_model(fine, {"model.py": square}, "python3 model.py {input} {output}",
+                        extra="memory: 256m\n")
     with citizens(lab, mode, "memory") as agents:
         hogs = compute(lab, name, [{"n": n} for n in range(2)])
         pids = [p.pid for p in agents]
@@ -295,7 +282,7 @@ def test_the_memory_limit_is_enforced(lab: Cluster, mode: str, figures: dict[str
 def test_outputs_the_wire_cannot_carry_are_replica_errors(lab: Cluster,
                                                           figures: dict[str, Any]) -> None:
     name = "unsendable"
-    model(lab, name, {"model.py": UNSENDABLE}, "python3 model.py {input} {output}")
+    lab.add_drill_model(name, {"model.py": UNSENDABLE}, "python3 model.py {input} {output}")
     kinds = ["inf", "ok", "surrogate", "ok", "big", "ok"]
     with citizens(lab, "root", "wire") as agents:
         pids = [p.pid for p in agents]
