@@ -19,8 +19,8 @@ import pytest
 from docker_objects import remove_instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from faultkit import (ESCAPER, HOG, POISONER, READER, WRITER, Cluster,  # noqa: E402
-                      square_model, wait_until, with_marker)
+from faultkit import (ESCAPER, HOG, POISONER, READER, UNSENDABLE, WRITER,  # noqa: E402
+                      Cluster, square_model, wait_until, with_marker)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -234,3 +234,19 @@ def test_a_model_built_on_the_citizen_runs_its_program(drill: Drill, figures: di
     figures.update(errors=sorted({r["error"] or "" for r in rows}))
     assert [r["output"] for r in rows] == [[42]] * 4, [(r["error"], r["stderr_tail"])
                                                        for r in rows]
+
+
+def test_outputs_the_wire_cannot_carry_are_replica_errors(drill: Drill,
+                                                          figures: dict[str, Any]) -> None:
+    drill.model("dwire", {"model.py": UNSENDABLE}, "python3 model.py {input} {output}")
+    kinds = ["inf", "ok", "surrogate", "ok", "big", "ok"]
+    before = drill.steady()
+    rows = drill.compute("dwire", [{"n": n, "kind": k} for n, k in enumerate(kinds)])
+    errors = {kinds[r["first_record"]]: r["error"] for r in rows
+              if kinds[r["first_record"]] != "ok"}
+    logs = "".join(c.logs().decode(errors="replace") for c in drill.containers)
+    figures.update(errors, reconnects=logs.count("connection lost"))
+    assert [r["duty"] for r in rows if kinds[r["first_record"]] == "ok"] == ["done"] * 3, rows
+    assert "out of range" in errors["inf"] and "surrogate" in errors["surrogate"], errors
+    assert "cannot be sent" in errors["big"] and "limit" in errors["big"], errors
+    assert "connection lost" not in logs and drill.steady() == before  # no citizen died
