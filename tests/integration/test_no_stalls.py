@@ -369,3 +369,36 @@ def test_a_late_result_for_a_failed_duty_is_late(alphabet, database_url, h):
     a, ack = asyncio.run(scenario())
     assert ack.accepted and _state(database_url, h, a.replica_id) == "late"
     assert h.fetch(database_url, "SELECT valid_count, invalid_count FROM citizens") == [(0, 0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A long build is not the model's run
+# ---------------------------------------------------------------------------------------------
+
+def test_a_build_longer_than_the_timeout_charges_nothing(database_url, model_copy, tmp_path,
+                                                        monkeypatch, h):
+    """A citizen builds a model once, before its first run: a replica's deadline (the model's
+    timeout + margin) must start when the model runs, not while the citizen builds."""
+    monkeypatch.setenv("ALPHABET_BURN_SECONDS", "0")
+    model = model_copy(timeout=1, build="sleep 4 && cc -O2 -o alphabet alphabet.c")
+    catalog.add_model(database_url, model)
+    ds = catalog.import_dataset(database_url, "alphabet", _letters(tmp_path, 3),
+                                replication=1, quorum=1)
+
+    async def scenario():
+        async with running_server(database_url, lease_margin=0.5, start_window=30.0) as server:
+            host, port = server.address
+            token = await asyncio.to_thread(catalog.join_token, database_url)
+            agent = asyncio.create_task(Agent(AgentOptions(
+                address=f"{host}:{port}", home=tmp_path / "builder", name="builder",
+                token=token)).run())
+            try:
+                return await wait_for(
+                    lambda: (lambda pr: pr if pr["pending"] == 0 else None)(
+                        catalog.progress(database_url, ds.id)), timeout=120, interval=0.5)
+            finally:
+                agent.cancel()
+                await asyncio.gather(agent, return_exceptions=True)
+
+    assert asyncio.run(scenario())["done"] == 3
+    assert h.fetch(database_url, "SELECT sum(failures) FROM duties") == [(0,)]

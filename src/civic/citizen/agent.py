@@ -255,8 +255,6 @@ class Agent:
     async def _compute(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        assignment: p.Assignment) -> p.Result:
         try:
-            self.running = assignment.replica_id
-            await self._beat(writer)  # started: its deadline becomes the model's timeout
             result = await self._contained(reader, writer, assignment)
         except ModelFailed as exc:
             result = p.Result(assignment.replica_id, None, error=str(exc),
@@ -274,6 +272,9 @@ class Agent:
         a bundle that changed on disk is thrown away, fetched and built again (once)."""
         for attempt in (1, 2):
             bundle_dir, known = await self._bundle(reader, writer, assignment)
+            if self.running is None:  # fetched and built: the model's run starts its deadline
+                self.running = assignment.replica_id
+                await self._beat(writer)
             try:
                 return await run_model(assignment, bundle_dir, self.work, self.sandbox, known)
             except BundleChanged as exc:
