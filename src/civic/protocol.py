@@ -333,6 +333,14 @@ async def read_payload(reader: asyncio.StreamReader, size: int) -> AsyncIterator
         yield chunk
 
 
+def size_text(count: int) -> str:
+    """A byte count as people read it: ``256 MiB``, ``1.5 GiB``, ``300 bytes``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:g} {unit}"
+    return f"{count} bytes"
+
+
 def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """Split ``HOST:PORT``, ``HOST``, ``[V6]:PORT`` or a bare IPv6 address into host and port."""
     if address.startswith("["):

@@ -23,7 +23,7 @@ from pathlib import Path
 from civic.citizen.bundles import Fingerprint, copy_tree, fingerprint
 from civic.citizen.sandbox import Sandbox, children, running
 from civic.errors import BundleChanged, ModelFailed
-from civic.protocol import Assignment, Result, parse_json
+from civic.protocol import Assignment, Result, parse_json, size_text
 
 TAIL = 4096  # bytes of the model's console output kept for the researcher
 MAX_OUTPUT = 8 * 1024 * 1024  # largest output file a citizen sends back
@@ -272,12 +272,5 @@ def _ended(code: int | None, tail: str = "", memory: int | None = None) -> str:
     text = tail.lower()
     if memory and (any(sign in text for sign in OUT_OF_MEMORY)
                    or -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)):
-        how += f", out of memory: its limit is {_size(memory)} (the manifest's memory)"
+        how += f", out of memory: its limit is {size_text(memory)} (the manifest's memory)"
     return how
-
-
-def _size(count: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if count >= size:
-            return f"{count / size:g} {unit}"
-    return f"{count} bytes"

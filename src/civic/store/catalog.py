@@ -19,7 +19,7 @@ from civic.datasets import (FORMATS, STDIN, Record, cut, display_name, guess_for
                             read_records)
 from civic.errors import DatasetError, DuplicateDataset, NotFound, UsageError
 from civic.models import DISTINCT, Manifest, load_manifest, pack_bundle
-from civic.protocol import MAX_INPUT
+from civic.protocol import MAX_INPUT, size_text
 from civic.store.db import connect, transaction
 from civic.store.queries import q
 
@@ -433,9 +433,4 @@ def unleased(url: str, duty_ids: Sequence[int]) -> list[int]:
 
 
 def _size(size: int | None) -> str:
-    if not size:
-        return "unknown"
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
+    return size_text(size) if size else "unknown"
