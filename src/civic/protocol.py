@@ -35,6 +35,9 @@ MAX_FRAME = 16 * 1024 * 1024  # largest JSON frame either side accepts
 MAX_INPUT = 8 * 1024 * 1024  # largest duty input (JSON bytes): one assignment always fits a frame
 CHUNK = 64 * 1024  # payload chunk size
 HEADER = struct.Struct(">I")
+# Optional behaviour a server offers in its welcome: "batches" — it takes ``results`` frames,
+# answers them with ``acks``, and may park a duty request until work appears (no ``no-work``).
+BATCHES = "batches"
 
 
 class ConnectionClosed(ProtocolError):
@@ -160,6 +163,24 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Results:
+    """Citizen → server: several results in one frame (feature ``batches``). The citizen does
+    not wait for their acks before its next request: one ``acks`` frame answers them, possibly
+    after the reply to a later request."""
+
+    type: ClassVar[str] = "results"
+    results: list[Result]
+
+
+@dataclass(frozen=True)
+class Acks:
+    """Server → citizen: the acks of one ``results`` frame (feature ``batches``)."""
+
+    type: ClassVar[str] = "acks"
+    acks: list[Ack]
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """Citizen → server: still alive; holding ``replica_ids``, computing ``running`` now. No reply.
 
@@ -190,13 +211,13 @@ class Bye:
 
 
 Message = (
-    Hello | Welcome | RequestDuty | Duty | NoWork | FetchBundle | Bundle | Result | Ack | Heartbeat
-    | Error | Bye
+    Hello | Welcome | RequestDuty | Duty | NoWork | FetchBundle | Bundle | Result | Ack | Results
+    | Acks | Heartbeat | Error | Bye
 )
 MESSAGES: dict[str, type] = {
     cls.type: cls
     for cls in (Hello, Welcome, RequestDuty, Duty, NoWork, FetchBundle, Bundle, Result, Ack,
-                Heartbeat, Error, Bye)
+                Results, Acks, Heartbeat, Error, Bye)
 }
 
 

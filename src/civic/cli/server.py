@@ -32,6 +32,9 @@ YES = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 TLS_CERT = Annotated[Optional[str], typer.Option(
     "--tls-cert", help="Serve TLS with this certificate (PEM); needs --tls-key.")]
 TLS_KEY = Annotated[Optional[str], typer.Option("--tls-key", help="The certificate's key (PEM).")]
+REUSE_PORT = Annotated[bool, typer.Option(
+    "--reuse-port", help="Share the port with other civic servers on this host (SO_REUSEPORT): "
+                         "the kernel spreads citizens over them.")]
 
 
 def _installation(c: Context) -> Installation:
@@ -41,22 +44,22 @@ def _installation(c: Context) -> Installation:
 @app.command("run")
 def run(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
         grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
-        tls_key: TLS_KEY = None) -> None:
+        tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM (then it drains and exits 0).
-    This is what the server container runs."""
+    This is what the server container runs. Any number of servers may share one database."""
     c: Context = ctx.obj
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     url = c.database_url(database_url)
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
     serve(url, ServerOptions(host=host, port=port, grace=grace, tls_cert=tls_cert,
-                             tls_key=tls_key))
+                             tls_key=tls_key, reuse_port=reuse_port))
 
 
 @app.command("start")
 def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
           grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
-          tls_key: TLS_KEY = None) -> None:
+          tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False) -> None:
     """Start the installed server containers; without an installation, run the server here in
     the foreground (as `civic server run`)."""
     c: Context = ctx.obj
@@ -64,7 +67,7 @@ def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
         for name in _installation(c).start():
             c.out.print(f"started {name}")
         return
-    run(ctx, host, port, grace, database_url, tls_cert, tls_key)
+    run(ctx, host, port, grace, database_url, tls_cert, tls_key, reuse_port)
 
 
 @app.command("token")

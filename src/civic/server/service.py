@@ -57,6 +57,7 @@ class ServerOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     datasets: tuple[int, ...] | None = None  # lease only these datasets' duties (None: all)
+    reuse_port: bool = False  # SO_REUSEPORT: several servers of one host share the port
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -126,7 +127,7 @@ class Server:
         try:
             self._listener = await asyncio.start_server(
                 self._serve, self.options.host, self.options.port, reuse_address=True,
-                limit=64 * 1024, ssl=tls,
+                reuse_port=self.options.reuse_port or None, limit=64 * 1024, ssl=tls,
                 ssl_handshake_timeout=self.options.handshake_timeout if tls else None)
         except OSError as exc:
             await self.pool.close()
@@ -191,13 +192,13 @@ class Server:
 
     async def _reaper(self) -> None:
         """Release replicas whose deadline passed, so their duties are leased again, and drop
-        the citizens of volunteers that were removed."""
+        the citizens of volunteers that were removed. Of several servers on one database, the
+        one that holds the reaper lock at each sweep releases; each drops its own citizens."""
         while True:
             await asyncio.sleep(self.options.reap_interval)
             try:
                 async with self.pool.connection() as db:
-                    lost = await work.release(db, overdue=True,
-                                              error="deadline passed without a result")
+                    lost = await work.reap(db, error="deadline passed without a result")
                     greeted = {c.citizen_id: c for c in self.connections if c.greeted}
                     refused = await work.refused(db, list(greeted))
                 if lost:

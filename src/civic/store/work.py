@@ -137,6 +137,14 @@ async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
     return row[0] if row else 0
 
 
+async def reap(conn: AsyncConnection, *, error: str) -> int:
+    """Release the replicas past their deadline, if this server is the elected reaper now (it
+    holds the reaper's advisory lock for this transaction); 0 when another server is."""
+    async with conn.transaction():
+        (elected,) = await (await conn.execute(q("reaper_lock"))).fetchone()  # type: ignore[misc]
+        return await release(conn, overdue=True, error=error) if elected else 0
+
+
 async def refused(conn: AsyncConnection, citizen_ids: Sequence[str]) -> set[str]:
     """Of these citizens, those whose volunteer was removed."""
     if not citizen_ids:

@@ -325,6 +325,11 @@ SELECT coalesce(sum(n), 0)::int AS released, coalesce(sum(failed), 0)::int AS ch
        (SELECT count(*) FROM counted)::int AS duties
 FROM per_duty;
 
+-- name: reaper_lock
+-- Of several servers on one database, the one that gets this lock reaps (until its transaction
+-- ends); the key is arbitrary but fixed: 'CIVIC' 'reap'.
+SELECT pg_try_advisory_xact_lock(1128879427, 1919246704);
+
 -- name: count_failures
 -- One failed attempt; %(slots)s slots open again (0 when the replica's slot was freed already).
 UPDATE duties u
