@@ -1,14 +1,26 @@
-"""Assimilation: store a replica's result and settle its duty when a quorum agrees."""
+"""Assimilation: store replicas' results and settle their duties when a quorum agrees.
+
+Set-based: a batch of results from any number of citizens costs a fixed handful of statements
+(lock, store, count failures, tally, settle), whatever its size.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg.types.json import Json
 
 from civic.protocol import Result
 from civic.server import quorum
 from civic.store import q
+
+COOLDOWN_WINDOW = 10  # a citizen is judged on its last ten judgements...
+COOLDOWN_THRESHOLD = 5  # ...and rests when half of them disagreed or failed where others did not
 
 
 def text(value: str, limit: int = 64 * 1024) -> str:
@@ -16,82 +28,184 @@ def text(value: str, limit: int = 64 * 1024) -> str:
     return value[:limit].replace("\x00", "\ufffd")
 
 
+@dataclass
+class Outcome:
+    """What a batch did, beyond each result's answer: for the server's log and wake-ups."""
+
+    answers: list[tuple[bool, str]] = field(default_factory=list)
+    settled: int = 0
+    reopened: int = 0  # slots opened again (errors, disagreement): idle citizens may lease them
+    rested: list[str] = field(default_factory=list)  # citizens put on a cool-down
+    verdicts: dict[int, str] = field(default_factory=dict)  # duty → what became of it
+
+
 async def submit(conn: AsyncConnection, citizen_id: str, result: Result,
                  cooldown: float = 300.0) -> tuple[bool, str]:
-    """Store one replica's result and settle its duty when a quorum agrees.
+    """Store one replica's result; see ``submit_many``."""
+    return (await submit_many(conn, [(citizen_id, result)], cooldown)).answers[0]
 
-    Returns (accepted, what happened). Only the citizen holding the replica may submit, once.
+
+async def submit_many(conn: AsyncConnection, results: Sequence[tuple[str, Result]],
+                      cooldown: float = 300.0) -> Outcome:
+    """Store results (citizen id, result) and settle the duties whose quorum now agrees.
+
+    Each answer is (accepted, what happened), in the order given. Only the citizen holding a
+    replica may submit for it, once. Call inside one transaction; in pipeline mode, the
+    statements that need no answer travel together.
     """
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(q("lock_replica"), {"replica_id": result.replica_id,
-                                             "citizen_id": citizen_id})
-    row = await cursor.fetchone()
-    if row is None:
-        return False, "no such replica was leased to this citizen"
-    if row["state"] not in ("leased", "expired"):
-        return False, "a result for this replica was already received"
-    duty_id, pending = row["duty_id"], row["duty_state"] == "pending"
+    await cursor.execute(q("lock_replicas"), {"ids": [r.replica_id for _, r in results]})
+    rows = {row["id"]: row for row in await cursor.fetchall()}
+    outcome, store = Outcome(), _Store()
+    tolerant = await _earlier_outputs(conn, [row for row in rows.values()
+                                             if row["tolerance"] is not None])
+    judged: list[tuple[int, int]] = []  # (answer, duty) of each output to tell the verdict of
+    for citizen_id, result in results:
+        row = rows.get(result.replica_id)
+        if row is None or row["citizen_id"] != citizen_id:
+            outcome.answers.append((False, "no such replica was leased to this citizen"))
+        elif row["state"] not in ("leased", "expired") or result.replica_id in store.ids:
+            outcome.answers.append((False, "a result for this replica was already received"))
+        else:
+            try:
+                what, judge = store.add(row, result, tolerant)
+            except UnicodeEncodeError as exc:  # a lone surrogate, sent as a JSON escape
+                outcome.answers.append((False, f"result cannot be stored: {exc}"))
+                continue
+            if judge:
+                judged.append((len(outcome.answers), row["duty_id"]))
+            outcome.answers.append((True, what))
+    if not store.ids:
+        return outcome
+    await conn.execute(q("store_results"), store.columns())
+    if store.errors:
+        ids, counts = zip(*store.errors.items())
+        await conn.execute(q("count_errors"), {"ids": list(ids), "counts": list(counts)})
+    if store.failures:
+        duty_ids = list(store.failures)
+        await conn.execute(q("count_failures"), {
+            "duty_ids": duty_ids, "failed": [store.failures[d][0] for d in duty_ids],
+            "slots": [store.failures[d][1] for d in duty_ids],
+            "errors": [store.failures[d][2] for d in duty_ids]})
+        outcome.reopened += sum(slots for _, slots, _ in store.failures.values())
+    if store.judge:
+        await _judge(conn, sorted(store.judge), cooldown, outcome)
+    for i, duty_id in judged:
+        outcome.answers[i] = (True, outcome.verdicts.get(duty_id, outcome.answers[i][1]))
+    return outcome
 
-    if result.error is not None or result.exit_code != 0:
-        error = text(result.error or f"exited with code {result.exit_code}")
-        await conn.execute(q("store_error"), {"id": result.replica_id, "exit_code": result.exit_code,
-                                              "error": error,
-                                              "stderr_tail": text(result.stderr_tail),
-                                              "elapsed": result.elapsed})
-        if not pending:  # settled meanwhile: kept, charged to no one
-            await conn.execute(q("mark_late"), {"id": result.replica_id})
-            return True, f"duty {duty_id} was already {row['duty_state']}"
-        await conn.execute(q("count_error"), {"id": citizen_id})
+
+class _Store:
+    """The accepted results of a batch, as the columns of one ``store_results`` statement,
+    and what they do to their duties' failure counts and their citizens' error counts."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.rows: dict[str, list[Any]] = defaultdict(list)
+        self.errors: dict[str, int] = defaultdict(int)  # citizen → errors
+        self.failures: dict[int, list[Any]] = {}  # duty → [failed, slots, last error]
+        self.judge: set[int] = set()  # duties with a new output to tally
+
+    def add(self, row: dict[str, Any], result: Result,
+            tolerant: dict[int, list[tuple[str, Any]]]) -> tuple[str, bool]:
+        """Take one result; says what happened and whether its duty is to be judged."""
+        duty_id, pending = row["duty_id"], row["duty_state"] == "pending"
+        failed = result.error is not None or result.exit_code != 0
+        error = text(result.error or f"exited with code {result.exit_code}") if failed else None
+        digest = output = None
+        if not failed:
+            digest = _digest(result.output, row["tolerance"], tolerant.get(duty_id))
+            output = json.dumps(result.output)
+        self.ids.append(result.replica_id)
+        for column, value in (("exit_code", result.exit_code), ("output", output),
+                              ("digest", digest), ("error", error),
+                              ("stderr_tail", text(result.stderr_tail)),
+                              ("elapsed", result.elapsed), ("late", not pending)):
+            self.rows[column].append(value)
+        if not pending:  # settled meanwhile: kept as late, judged for no one
+            return f"duty {duty_id} was already {row['duty_state']}", False
+        if not failed:
+            self.judge.add(duty_id)
+            return f"duty {duty_id}: waiting for more results", True
+        self.errors[row["citizen_id"]] += 1
         if row["state"] == "leased" or not row["charged"]:
             # A leased replica's slot opens again; an expired one's is open already.
-            await conn.execute(q("count_failures"), {"duty_id": duty_id, "error": error,
-                                                     "slots": int(row["state"] == "leased")})
-        return True, f"error: {error}" + await _cool_down(conn, [citizen_id], cooldown)
+            count = self.failures.setdefault(duty_id, [0, 0, error])
+            count[0] += 1
+            count[1] += int(row["state"] == "leased")
+            count[2] = error
+        return f"error: {error}", False
 
-    tolerance = row["manifest"].get("tolerance")
-    key = quorum.digest(result.output)
-    if tolerance is not None:  # join the group of the first earlier output it agrees with
-        await cursor.execute(q("returned_outputs"), {"duty_id": duty_id, "id": result.replica_id})
-        for earlier in await cursor.fetchall():
-            if quorum.agree(result.output, earlier["output"], tolerance):
-                key = earlier["digest"]
-                break
-    await conn.execute(q("store_output"), {
-        "id": result.replica_id, "exit_code": result.exit_code, "output": Json(result.output),
-        "digest": key, "stderr_tail": text(result.stderr_tail), "elapsed": result.elapsed})
-    if not pending:  # an honest citizen that was merely slow: kept as late, judged for no one
-        await conn.execute(q("mark_late"), {"id": result.replica_id})
-        return True, f"duty {duty_id} was already {row['duty_state']}"
-
-    tally = [tuple(r) for r in await (await conn.execute(q("tally"), {
-        "duty_id": duty_id, "distinct_by": row["distinct_by"]})).fetchall()]
-    counts = await (await conn.execute(q("replica_counts"), {"duty_id": duty_id})).fetchone()
-    verdict = quorum.decide(tally, quorum=row["quorum"], leased=counts[0],  # type: ignore[arg-type]
-                            open_slots=row["open_slots"], spent=counts[1],
-                            max_replicas=row["max_replicas"])
-    if verdict.action == "settle":
-        await conn.execute(q("settle_duty"), {"duty_id": duty_id, "replica_id": verdict.replica_id,
-                                              "digest": verdict.digest})
-        judged = [r[0] for r in await (await conn.execute(q("duty_citizens"),
-                                                           {"duty_id": duty_id})).fetchall()]
-        return True, f"duty {duty_id} done" + await _cool_down(conn, judged, cooldown)
-    if verdict.action == "more":
-        await conn.execute(q("open_slots"), {"duty_id": duty_id, "slots": verdict.slots})
-        return True, f"duty {duty_id}: results disagree, {verdict.slots} more replica(s)"
-    if verdict.action == "inconclusive":
-        await conn.execute(q("inconclusive"), {"duty_id": duty_id})
-        return True, f"duty {duty_id} inconclusive"
-    return True, f"duty {duty_id}: waiting for more results"
+    def columns(self) -> dict[str, list[Any]]:
+        return {"ids": self.ids, **self.rows}
 
 
-COOLDOWN_WINDOW = 10  # a citizen is judged on its last ten judged replicas...
-COOLDOWN_THRESHOLD = 5  # ...and rests when half of them disagreed or failed where others did not
+def _digest(output: Any, tolerance: float | None, earlier: list[tuple[str, Any]] | None) -> str:
+    """The output's group: its own digest, or, with a tolerance, that of the first earlier
+    output it agrees with (earlier in the database or in this batch)."""
+    key = quorum.digest(output)
+    if tolerance is None:
+        return key
+    for digest, other in earlier or ():
+        if quorum.agree(output, other, tolerance):
+            return digest
+    if earlier is not None:
+        earlier.append((key, output))
+    return key
 
 
-async def _cool_down(conn: AsyncConnection, citizen_ids: list[str], seconds: float) -> str:
-    """Put citizens that keep failing or disagreeing on a cool-down; says whom, for the log."""
-    rested = await (await conn.execute(q("cool_down"), {
-        "ids": citizen_ids, "seconds": seconds, "window": COOLDOWN_WINDOW,
-        "threshold": COOLDOWN_THRESHOLD})).fetchall()
-    return "".join(f"; citizen {name} rests {seconds:.0f}s (keeps failing or disagreeing)"
-                   for _, name in rested)
+async def _earlier_outputs(conn: AsyncConnection, rows: list[dict[str, Any]]
+                           ) -> dict[int, list[tuple[str, Any]]]:
+    """For duties compared with a tolerance: the outputs already returned, one per group."""
+    earlier: dict[int, list[tuple[str, Any]]] = {row["duty_id"]: [] for row in rows}
+    if earlier:
+        cursor = await conn.execute(q("returned_outputs"), {"duty_ids": list(earlier)})
+        for duty_id, digest, output in await cursor.fetchall():
+            earlier[duty_id].append((digest, output))
+    return earlier
+
+
+async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
+                 outcome: Outcome) -> None:
+    """Tally the duties that got outputs and settle, widen or give up on each."""
+    cursor, counts = conn.cursor(row_factory=dict_row), conn.cursor(row_factory=dict_row)
+    await cursor.execute(q("tally"), {"duty_ids": duty_ids})
+    await counts.execute(q("replica_counts"), {"duty_ids": duty_ids})  # one round trip, piped
+    tallies: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+    for row in await cursor.fetchall():
+        tallies[row["duty_id"]].append((row["digest"], row["votes"], row["first_replica"]))
+    settle: list[tuple[int, int, str]] = []
+    more: dict[int, int] = {}
+    inconclusive: list[int] = []
+    verdicts = outcome.verdicts
+    for row in await counts.fetchall():
+        if row["state"] != "pending":
+            continue  # failed in this very batch
+        duty_id = row["duty_id"]
+        verdict = quorum.decide(tallies[duty_id], quorum=row["quorum"], leased=row["leased"],
+                                open_slots=row["open_slots"], spent=row["spent"],
+                                max_replicas=row["max_replicas"])
+        if verdict.action == "settle":
+            settle.append((duty_id, verdict.replica_id, verdict.digest))  # type: ignore[arg-type]
+            verdicts[duty_id] = f"duty {duty_id} done"
+        elif verdict.action == "more":
+            more[duty_id] = verdict.slots
+            verdicts[duty_id] = f"duty {duty_id}: results disagree, {verdict.slots} more replica(s)"
+        elif verdict.action == "inconclusive":
+            inconclusive.append(duty_id)
+            verdicts[duty_id] = f"duty {duty_id} inconclusive"
+    if settle:
+        ids, replicas, digests = (list(column) for column in zip(*settle))
+        rested = await (await conn.execute(q("settle_duties"), {
+            "duty_ids": ids, "replica_ids": replicas, "digests": digests, "seconds": cooldown,
+            "window": COOLDOWN_WINDOW, "threshold": COOLDOWN_THRESHOLD})).fetchall()
+        outcome.settled += len(settle)
+        outcome.rested += [name for (name,) in rested]
+        for duty_id in ids:
+            verdicts[duty_id] += "".join(f"; citizen {name} rests {cooldown:.0f}s (keeps failing "
+                                         "or disagreeing)" for (name,) in rested)
+    if more:
+        await conn.execute(q("open_slots"), {"duty_ids": list(more), "slots": list(more.values())})
+        outcome.reopened += sum(more.values())
+    if inconclusive:
+        await conn.execute(q("inconclusive"), {"duty_ids": inconclusive})

@@ -24,14 +24,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from civic import protocol as p
 from civic.errors import (AddressInUse, Incompatible, ProtocolError, Refused, StoreError,
                           UsageError)
-from civic.server import assimilate
 from civic.server.assimilate import text
+from civic.server.scheduler import Policy, Scheduler
 from civic.store import redact, work
 
 log = logging.getLogger("civic.server")
 
 HELLO_MAX_FRAME = 64 * 1024
 HELD_MAX = 1024  # replica ids a hello may claim to hold
+RESULTS_MAX = 256  # results in one frame
+IN_FLIGHT = 8  # result frames of one connection waiting for the database: then stop reading
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class ServerOptions:
     reap_interval: float = 5.0  # seconds between sweeps for overdue replicas
     heartbeat: float = 15.0  # citizens send a heartbeat this often
     handshake_timeout: float = 10.0
-    no_work_retry: float = 2.0
+    no_work_retry: float = 2.0  # what a citizen that cannot park is told to wait
+    park: float = 10.0  # seconds a request with no work waits on the server for some
     max_frame: int = p.MAX_FRAME
     max_prefetch: int = 32
     pool_size: int = 10
@@ -74,6 +77,10 @@ class Connection:
     said_bye: bool = False
     keep_leases: bool = False  # gone through no fault of its own: its leases stay
     refused: bool = False  # its volunteer was removed
+    batches: bool = False  # speaks the "batches" feature: results frames, parked requests
+    asking: bool = False  # a duty request is being answered
+    storing: set[asyncio.Task[None]] = field(default_factory=set)  # results being stored
+    gone: bool = False
 
     async def send(self, message: p.Message) -> None:
         await p.send(self.writer, message)
@@ -98,8 +105,15 @@ class Server:
         self.options = options or ServerOptions()
         # timeout: a request waits at most this long for a connection while PostgreSQL is away,
         # then the citizen is told "unavailable" and retries with its own backoff.
+        # No connection check on checkout (a round trip each): a broken connection fails its
+        # statement, the pool discards it, and the citizen is told the database is unavailable.
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=self.options.pool_size,
-                                        open=False, timeout=10, check=AsyncConnectionPool.check_connection)
+                                        open=False, timeout=10)
+        opts = self.options
+        self.scheduler = Scheduler(self.pool, database_url, Policy(
+            window=opts.start_window, cap=opts.max_prefetch, pause=opts.retry_pause,
+            margin=opts.lease_margin, cooldown=opts.cooldown, park=opts.park,
+            datasets=opts.datasets))
         self.connections: set[Connection] = set()
         self._handshaking: collections.Counter[str] = collections.Counter()
         self.draining = asyncio.Event()
@@ -110,6 +124,7 @@ class Server:
             p.RequestDuty: self._on_request_duty,
             p.FetchBundle: self._on_fetch_bundle,
             p.Result: self._on_result,
+            p.Results: self._on_results,
             p.Heartbeat: self._on_heartbeat,
             p.Bye: self._on_bye,
         }
@@ -137,6 +152,8 @@ class Server:
             raise
         self.address = self._listener.sockets[0].getsockname()[:2]
         self._spawn(self._reaper())
+        self._spawn(self.scheduler.run())
+        self._spawn(self.scheduler.listen())
         log.info("listening on %s:%s", *self.address)
         return self.address
 
@@ -165,6 +182,7 @@ class Server:
         self.draining.set()
         if self._listener is not None:
             self._listener.close()
+        self.scheduler.release_parked()  # their citizens hear bye
         in_flight = sum(len(c.leased) for c in self.connections)
         if in_flight:
             log.info("stopping: waiting up to %.0fs for %d result(s) in flight",
@@ -188,7 +206,12 @@ class Server:
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed", exc_info=task.exception())
 
     async def _reaper(self) -> None:
         """Release replicas whose deadline passed, so their duties are leased again, and drop
@@ -227,7 +250,7 @@ class Server:
             return
         conn = Connection(writer, address, peer)
         self.connections.add(conn)
-        log.info("connection from %s", peer)
+        log.debug("connection from %s", peer)
         self._handshaking[address] += 1
         try:
             await self._session(conn, reader)
@@ -257,6 +280,7 @@ class Server:
         finally:
             if not conn.greeted:
                 self._handshook(address)
+            conn.gone = True
             writer.close()
             await self._forget(conn)
             self.connections.discard(conn)  # only now: stop() waits for the release above
@@ -297,11 +321,13 @@ class Server:
                 other.leased.difference_update(held)
         conn.leased.update(held)
         conn.name = text(hello.name, 100)
+        conn.batches = p.BATCHES in hello.features
         conn.greeted = True  # no longer counted against the handshake cap
         self._handshook(conn.address)
         log.info("citizen %s (%s) %s from %s", conn.name, conn.citizen_id[:8],
                  "joined" if secret else "connected", conn.peer)
-        await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat))
+        await conn.send(p.Welcome(p.PROTOCOL_VERSION, conn.citizen_id, secret, opts.heartbeat,
+                                  features=[p.BATCHES]))
         idle = opts.heartbeat * 4
         while True:
             message = await asyncio.wait_for(p.read_message(reader, opts.max_frame), idle)
@@ -317,6 +343,7 @@ class Server:
         until it comes back holding them, or their deadlines pass."""
         if not conn.citizen_id:
             return
+        await asyncio.gather(*conn.storing, return_exceptions=True)  # results come first
         try:
             async with self.pool.connection() as db:
                 if conn.leased and not (conn.keep_leases or self.draining.is_set()):
@@ -337,26 +364,58 @@ class Server:
         if self.draining.is_set():
             await conn.send(p.Bye("server stopping"))
             return False
-        opts = self.options
-        count = max(1, min(message.count, opts.max_prefetch))
-        async with self.pool.connection() as db:
-            assignments = await work.lease(db, conn.citizen_id, count, window=opts.start_window,
-                                           cap=opts.max_prefetch, pause=opts.retry_pause,
-                                           datasets=opts.datasets)
-        frame, spilled = _fit(assignments, opts.max_frame)
+        if not conn.asking:  # one request at a time: a repeated one is answered by the first
+            conn.asking = True
+            self._spawn(self._answer(conn, max(1, min(message.count, self.options.max_prefetch))))
+        return True
+
+    async def _answer(self, conn: Connection, count: int) -> None:
+        """Lease (through the scheduler) and send the duties, while the session reads on."""
+        try:
+            assignments = await self.scheduler.lease(conn.citizen_id, count, parks=conn.batches)
+        except Exception as exc:
+            return await self._failed(conn, exc)
+        finally:
+            conn.asking = False
+        if conn.gone:  # leased after it left: nobody will compute them
+            if assignments:
+                async with self.pool.connection() as db:
+                    await work.release(db, ids=[a.replica_id for a in assignments],
+                                       failure=False, error="citizen left before receiving it")
+            return
+        frame, spilled = _fit(assignments, self.options.max_frame)
         if spilled:
             await self._spill(conn, spilled, sent=len(assignments) - len(spilled))
-        if frame is None:
-            await conn.send(p.NoWork(self.options.no_work_retry))
-            return True
-        sent = assignments[:len(assignments) - len(spilled)]
-        conn.leased.update(a.replica_id for a in sent)
-        for a in sent:
-            log.info("leased duty %d (replica %d, %s v%d) to %s", a.duty_id, a.replica_id,
-                     a.model, a.model_version, conn.name)
-        conn.writer.write(frame)
-        await conn.writer.drain()
-        return True
+        with contextlib.suppress(ConnectionError, OSError):
+            if frame is None:
+                if self.draining.is_set():
+                    await conn.send(p.Bye("server stopping"))
+                else:  # a parked request waited already: it may ask again at once
+                    await conn.send(p.NoWork(0.0 if conn.batches else self.options.no_work_retry))
+                return
+            sent = assignments[:len(assignments) - len(spilled)]
+            conn.leased.update(a.replica_id for a in sent)
+            if log.isEnabledFor(logging.DEBUG):
+                for a in sent:
+                    log.debug("leased duty %d (replica %d, %s v%d) to %s", a.duty_id,
+                              a.replica_id, a.model, a.model_version, conn.name)
+            conn.writer.write(frame)
+            await conn.writer.drain()
+
+    async def _failed(self, conn: Connection, exc: Exception) -> None:
+        """A request of this connection failed on the server's side (the database, mostly):
+        not the citizen's doing, so it keeps what it holds, hears why, and is closed (it
+        reconnects with its backoff)."""
+        if isinstance(exc, (psycopg.Error, PoolTimeout)):
+            log.error("%s: database unavailable: %s", conn.peer, exc)
+            error = p.Error("unavailable", "the server's database is unavailable")
+        else:
+            log.error("%s: unexpected error", conn.peer, exc_info=exc)
+            error = p.Error("internal", "internal server error")
+        conn.keep_leases = True
+        with contextlib.suppress(Exception):
+            await conn.send(error)
+        conn.writer.close()
 
     async def _spill(self, conn: Connection, spilled: list[p.Assignment], sent: int) -> None:
         """Give back leased replicas that did not fit in the frame: uncharged when they only
@@ -385,23 +444,39 @@ class Server:
         return True
 
     async def _on_result(self, conn: Connection, message: p.Result) -> bool:
-        try:
-            async with self.pool.connection() as db:
-                accepted, what = await assimilate.submit(db, conn.citizen_id, message,
-                                                         self.options.cooldown)
-        except psycopg.DataError as exc:  # this result can never be stored: refuse, don't retry
-            accepted, what = False, f"result cannot be stored: {exc}"
-        conn.leased.discard(message.replica_id)
-        log.info("result for replica %d from %s: %s", message.replica_id, conn.name, what)
-        await conn.send(p.Ack(message.replica_id, accepted, None if accepted else what))
+        return await self._store(conn, [message], batch=False)
+
+    async def _on_results(self, conn: Connection, message: p.Results) -> bool:
+        if len(message.results) > RESULTS_MAX:
+            raise ProtocolError(f"more than {RESULTS_MAX} results in one frame")
+        return await self._store(conn, message.results, batch=True)
+
+    async def _store(self, conn: Connection, results: list[p.Result], batch: bool) -> bool:
+        """Hand results to the scheduler and read on; their acks go out once committed. A
+        citizen that sends faster than the database stores waits (at most IN_FLIGHT frames)."""
+        if len(conn.storing) >= IN_FLIGHT:
+            await asyncio.wait(conn.storing, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(self._acknowledge(
+            conn, results, self.scheduler.submit(conn.citizen_id, results), batch))
+        conn.storing.add(task)
+        task.add_done_callback(conn.storing.discard)
         return True
 
+    async def _acknowledge(self, conn: Connection, results: list[p.Result],
+                           answers: list[asyncio.Future[tuple[bool, str]]], batch: bool) -> None:
+        try:
+            done = [await answer for answer in answers]
+        except Exception as exc:
+            return await self._failed(conn, exc)
+        acks = [p.Ack(result.replica_id, accepted, None if accepted else what)
+                for result, (accepted, what) in zip(results, done)]
+        conn.leased.difference_update(r.replica_id for r in results)
+        with contextlib.suppress(ConnectionError, OSError):
+            await conn.send(p.Acks(acks) if batch else acks[0])
+
     async def _on_heartbeat(self, conn: Connection, message: p.Heartbeat) -> bool:
-        async with self.pool.connection() as db:
-            await work.seen(db, conn.citizen_id)
-            if message.running:  # a citizen computes one replica at a time
-                await work.start(db, conn.citizen_id, message.running[0],
-                                 self.options.lease_margin)
+        # A citizen computes one replica at a time: the first it runs is the one started.
+        self.scheduler.beat(conn.citizen_id, message.running[0] if message.running else None)
         return True
 
     async def _on_bye(self, conn: Connection, message: p.Bye) -> bool:

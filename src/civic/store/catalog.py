@@ -146,6 +146,7 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
         sha256 = content.hexdigest()
         conn.execute(q("count_dataset"), {"id": dataset_id, "records": records, "duties": duties,
                                           "sha256": sha256})
+        conn.execute(q("announce_work"))  # at commit: parked citizens lease at once
         earlier = conn.execute(q("same_content"), {"model": model, "sha256": sha256,
                                                    "id": dataset_id}).fetchone()
         if earlier is not None and not again:

@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -92,32 +93,49 @@ async def seen(conn: AsyncConnection, citizen_id: str, connected: bool = True) -
                                            "host": None, "memory": None, "builds": None})
 
 
-async def start(conn: AsyncConnection, citizen_id: str, replica_id: int, margin: float) -> bool:
-    """The citizen started computing a replica (its heartbeat says so): its deadline becomes the
-    model's timeout + ``margin`` from now, once. False when nothing was started: not its lease,
-    started already, or another of its replicas still runs."""
-    cursor = await conn.execute(q("start_replica"), {"id": replica_id, "citizen_id": citizen_id,
-                                                     "margin": margin})
-    return await cursor.fetchone() is not None
+async def sighted(conn: AsyncConnection, citizen_ids: Collection[str]) -> None:
+    """These citizens are alive (their heartbeats said so)."""
+    await conn.execute(q("citizens_sighted"), {"ids": list(citizen_ids)})
 
 
-async def lease(conn: AsyncConnection, citizen_id: str, count: int, *, window: float = 60.0,
-                cap: int = 32, pause: float = 15.0,
-                datasets: Sequence[int] | None = None) -> list[Assignment]:
-    """Lease up to ``count`` replicas to a citizen that holds at most ``cap`` in all, each to be
-    started within ``window`` seconds; a duty it failed comes back to it after ``pause``
-    seconds. ``datasets`` restricts leasing to those datasets (None: any)."""
-    cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(q("lease_duties"), {
-        "citizen_id": citizen_id, "count": count, "cap": cap, "window": window, "pause": pause,
-        "datasets": None if datasets is None else list(datasets)})
-    return [Assignment(replica_id=row["replica_id"], duty_id=row["duty_id"], model=row["model"],
-                       model_version=row["model_version"], bundle_sha256=row["bundle_sha256"],
-                       bundle_size=row["bundle_size"], run=row["manifest"]["run"],
-                       build=row["manifest"].get("build"),
-                       timeout=float(row["manifest"]["timeout"]), input=row["input"],
-                       memory=row["needs_memory"], start_within=window)
-            for row in await cursor.fetchall()]
+async def start(conn: AsyncConnection, started: Mapping[str, int], margin: float) -> int:
+    """Citizens started computing replicas (citizen id → replica id, from their heartbeats):
+    each deadline becomes the model's timeout + ``margin`` from now, once. Returns how many
+    started: not one that is not its citizen's lease, started already, or whose citizen still
+    runs another."""
+    cursor = await conn.execute(q("start_replicas"), {
+        "ids": list(started.values()), "citizen_ids": list(started), "margin": margin})
+    return len(await cursor.fetchall())
+
+
+async def lease(conn: AsyncConnection, citizen_id: str, count: int, **options: Any
+                ) -> list[Assignment]:
+    """Lease up to ``count`` replicas to one citizen; see ``lease_many``."""
+    return (await lease_many(conn, [(citizen_id, count)], **options))[0]
+
+
+async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
+                     window: float = 60.0, cap: int = 32, pause: float = 15.0,
+                     datasets: Sequence[int] | None = None) -> list[list[Assignment]]:
+    """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in one round trip:
+    each citizen holds at most ``cap`` in all, each replica is to be started within ``window``
+    seconds, a duty a citizen failed comes back to it after ``pause`` seconds, and ``datasets``
+    restricts leasing to those datasets (None: any)."""
+    cursors = []
+    async with conn.pipeline():  # nested in the caller's pipeline, if any
+        for citizen_id, count in requests:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(q("lease_duties"), {
+                "citizen_id": citizen_id, "count": count, "cap": cap, "window": window,
+                "pause": pause, "datasets": None if datasets is None else list(datasets)})
+            cursors.append(cursor)
+    return [[Assignment(replica_id=row["replica_id"], duty_id=row["duty_id"], model=row["model"],
+                        model_version=row["model_version"], bundle_sha256=row["bundle_sha256"],
+                        bundle_size=row["bundle_size"], run=row["run"], build=row["build"],
+                        timeout=row["timeout"], input=row["input"], memory=row["needs_memory"],
+                        start_within=window)
+             for row in await cursor.fetchall()]
+            for cursor in cursors]
 
 
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
@@ -134,7 +152,16 @@ async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
         "ids": list(ids), "overdue": overdue, "citizen_id": citizen_id,
         "all_but": keep is not None, "keep": list(keep or ()), "failure": failure,
         "error": error})).fetchone()
-    return row[0] if row else 0
+    released = row[0] if row else 0
+    if released:
+        await announce_work(conn)
+    return released
+
+
+async def announce_work(conn: AsyncConnection) -> None:
+    """Tell every server on this database that duties may be leased again (at commit), so the
+    requests parked there try again. Never per duty: NOTIFY serialises commits."""
+    await conn.execute(q("announce_work"))
 
 
 async def reap(conn: AsyncConnection, *, error: str) -> int:

@@ -184,7 +184,9 @@ WITH me AS (
     RETURNING id, duty_id
 )
 SELECT l.id AS replica_id, t.id AS duty_id, m.name AS model, m.version AS model_version,
-       m.bundle_sha256, b.size AS bundle_size, m.manifest, m.needs_memory, t.input
+       m.bundle_sha256, b.size AS bundle_size, m.manifest->>'run' AS run,
+       m.manifest->>'build' AS build, (m.manifest->>'timeout')::float8 AS timeout,
+       m.needs_memory, t.input
 FROM leased l
 JOIN taken t ON t.id = l.duty_id
 JOIN models m ON m.id = t.model_id
@@ -197,95 +199,124 @@ SELECT size FROM bundles WHERE sha256 = %(sha256)s;
 -- name: bundle_chunk
 SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE sha256 = %(sha256)s;
 
--- name: lock_replica
--- Lock the replica and its duty; a citizen may only submit for a replica leased to it.
-SELECT r.id, r.duty_id, r.state, r.charged, u.state AS duty_state, u.open_slots, u.canonical,
-       ds.quorum, ds.max_replicas, ds.max_attempts, ds.distinct_by, m.manifest
+-- name: lock_replicas
+-- Lock a batch's replicas and their duties, in duty order (so that servers sharing a database
+-- never wait on each other in a circle); a citizen may only submit for a replica leased to it.
+SELECT r.id, r.citizen_id::text AS citizen_id, r.duty_id, r.state, r.charged,
+       u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance
 FROM replicas r
 JOIN duties u ON u.id = r.duty_id
-JOIN datasets ds ON ds.id = u.dataset_id
 JOIN models m ON m.id = u.model_id
-WHERE r.id = %(replica_id)s AND r.citizen_id = %(citizen_id)s
+WHERE r.id = ANY(%(ids)s::bigint[])
+ORDER BY u.id, r.id
 FOR UPDATE OF r, u;
 
--- name: store_output
-UPDATE replicas
-SET state = 'returned', returned_at = now(), exit_code = %(exit_code)s, output = %(output)s,
-    digest = %(digest)s, stderr_tail = %(stderr_tail)s, elapsed = %(elapsed)s
-WHERE id = %(id)s;
+-- name: store_results
+-- A batch of results, one row each: outputs become 'returned', errors 'error'; a result for a
+-- duty settled meanwhile is kept as 'late' and counted for nobody.
+UPDATE replicas r
+SET state = CASE WHEN x.late THEN 'late' WHEN x.error IS NULL THEN 'returned'
+                 ELSE 'error' END::replica_state,
+    returned_at = now(), exit_code = x.exit_code, output = x.output::json, digest = x.digest,
+    error = x.error, stderr_tail = x.stderr_tail, elapsed = x.elapsed
+FROM unnest(%(ids)s::bigint[], %(exit_code)s::int[], %(output)s::text[], %(digest)s::text[],
+            %(error)s::text[], %(stderr_tail)s::text[], %(elapsed)s::float8[], %(late)s::bool[])
+     AS x(id, exit_code, output, digest, error, stderr_tail, elapsed, late)
+WHERE r.id = x.id;
 
--- name: store_error
-UPDATE replicas
-SET state = 'error', returned_at = now(), exit_code = %(exit_code)s, error = %(error)s,
-    stderr_tail = %(stderr_tail)s, elapsed = %(elapsed)s
-WHERE id = %(id)s;
-
--- name: count_error
-UPDATE citizens SET error_count = error_count + 1 WHERE id = %(id)s;
+-- name: count_errors
+UPDATE citizens c SET error_count = error_count + x.n
+FROM unnest(%(ids)s::uuid[], %(counts)s::int[]) AS x(id, n)
+WHERE c.id = x.id;
 
 -- name: tally
--- The results a duty has, grouped by their canonical digest, largest group first. Each group
+-- The results each duty has, grouped by their canonical digest, largest group first. Each group
 -- counts its distinct sources only: two results of one host count once under distinct host.
-SELECT digest,
-       CASE %(distinct_by)s
-           WHEN 'citizen' THEN count(DISTINCT citizen_id)
-           WHEN 'host' THEN least(count(DISTINCT citizen_id), count(DISTINCT host))
-           ELSE least(count(DISTINCT citizen_id), count(DISTINCT host),
-                      count(DISTINCT volunteer_id))
+SELECT r.duty_id, r.digest,
+       CASE ds.distinct_by
+           WHEN 'citizen' THEN count(DISTINCT r.citizen_id)
+           WHEN 'host' THEN least(count(DISTINCT r.citizen_id), count(DISTINCT r.host))
+           ELSE least(count(DISTINCT r.citizen_id), count(DISTINCT r.host),
+                      count(DISTINCT r.volunteer_id))
        END AS votes,
-       min(id) AS first_replica
-FROM replicas
-WHERE duty_id = %(duty_id)s AND state IN ('returned', 'valid')
-GROUP BY digest
-ORDER BY votes DESC, first_replica;
+       min(r.id) AS first_replica
+FROM replicas r JOIN duties u ON u.id = r.duty_id JOIN datasets ds ON ds.id = u.dataset_id
+WHERE r.duty_id = ANY(%(duty_ids)s::bigint[]) AND r.state IN ('returned', 'valid')
+GROUP BY r.duty_id, r.digest, ds.distinct_by
+ORDER BY r.duty_id, votes DESC, first_replica;
 
 -- name: replica_counts
--- Replicas still out (leased) and all that count against max_replicas.
-SELECT count(*) FILTER (WHERE state = 'leased') AS leased,
-       count(*) FILTER (WHERE state IN ('leased', 'returned', 'valid', 'invalid')) AS spent
-FROM replicas WHERE duty_id = %(duty_id)s;
+-- Per duty: its state and open slots, its dataset's quorum rules, the replicas still out
+-- (leased) and all that count against max_replicas.
+SELECT u.id AS duty_id, u.state, u.open_slots, ds.quorum, ds.max_replicas,
+       count(r.id) FILTER (WHERE r.state = 'leased') AS leased,
+       count(r.id) FILTER (WHERE r.state IN ('leased', 'returned', 'valid', 'invalid')) AS spent
+FROM duties u JOIN datasets ds ON ds.id = u.dataset_id
+LEFT JOIN replicas r ON r.duty_id = u.id
+WHERE u.id = ANY(%(duty_ids)s::bigint[])
+GROUP BY u.id, ds.id;
 
--- name: settle_duty
--- Give the duty its canonical result and judge every returned replica against it.
-WITH duty AS (
+-- name: settle_duties
+-- Give duties their canonical results and judge every returned replica against them; each
+-- citizen's reputation is a running record of its last %(window)s judgements (g: agreed,
+-- b: disagreed, or failed a duty others computed), never recomputed from history. Citizens with
+-- %(threshold)s bad ones in it rest for %(seconds)s seconds: they lease nothing until then.
+WITH x AS (
+    SELECT * FROM unnest(%(duty_ids)s::bigint[], %(replica_ids)s::bigint[], %(digests)s::text[])
+        AS x(duty_id, replica_id, digest)
+), duty AS (
     UPDATE duties u
     SET state = 'done', canonical = r.output, canonical_replica_id = r.id, open_slots = 0,
         finished_at = now()
-    FROM replicas r
-    WHERE u.id = %(duty_id)s AND r.id = %(replica_id)s
+    FROM x JOIN replicas r ON r.id = x.replica_id
+    WHERE u.id = x.duty_id
     RETURNING u.id
 ), judged AS (
     UPDATE replicas r
-    SET state = CASE WHEN r.digest = %(digest)s THEN 'valid' ELSE 'invalid' END::replica_state
-    WHERE r.duty_id = %(duty_id)s AND r.state = 'returned'
-    RETURNING r.citizen_id, r.state
+    SET state = CASE WHEN r.digest = x.digest THEN 'valid' ELSE 'invalid' END::replica_state
+    FROM x
+    WHERE r.duty_id = x.duty_id AND r.state = 'returned'
+    RETURNING r.id, r.citizen_id, CASE WHEN r.state = 'valid' THEN 'g' ELSE 'b' END AS mark,
+              true AS returned
+), failed AS (
+    SELECT r.id, r.citizen_id, 'b' AS mark, false AS returned
+    FROM replicas r JOIN x ON r.duty_id = x.duty_id
+    WHERE r.state = 'error'
+), marks AS (
+    SELECT citizen_id, string_agg(mark, '' ORDER BY id) AS marks,
+           count(*) FILTER (WHERE returned AND mark = 'g') AS valid,
+           count(*) FILTER (WHERE returned AND mark = 'b') AS invalid
+    FROM (SELECT * FROM judged UNION ALL SELECT * FROM failed) j
+    GROUP BY citizen_id
+), counted AS (
+    UPDATE citizens c
+    SET valid_count = valid_count + m.valid, invalid_count = invalid_count + m.invalid,
+        recent = right(c.recent || m.marks, %(window)s),
+        cooldown_until = CASE
+            WHEN length(replace(right(c.recent || m.marks, %(window)s), 'g', '')) >= %(threshold)s
+            THEN now() + make_interval(secs => %(seconds)s) ELSE c.cooldown_until END
+    FROM marks m
+    WHERE c.id = m.citizen_id
+    RETURNING c.name, length(replace(c.recent, 'g', '')) >= %(threshold)s AS rests  -- new
 )
-UPDATE citizens c
-SET valid_count = valid_count + j.valid, invalid_count = invalid_count + j.invalid
-FROM (SELECT citizen_id, count(*) FILTER (WHERE state = 'valid') AS valid,
-             count(*) FILTER (WHERE state = 'invalid') AS invalid
-      FROM judged GROUP BY citizen_id) j
-WHERE c.id = j.citizen_id;
-
--- name: mark_late
--- A result for a duty already settled: kept, counted for nobody.
-UPDATE replicas SET state = 'late' WHERE id = %(id)s;
+SELECT name FROM counted WHERE rests;
 
 -- name: returned_outputs
--- Outputs already returned for a duty, one per digest, for comparison with a tolerance.
-SELECT DISTINCT ON (digest) digest, output
+-- Outputs already returned for duties compared with a tolerance, one per group.
+SELECT DISTINCT ON (duty_id, digest) duty_id, digest, output
 FROM replicas
-WHERE duty_id = %(duty_id)s AND state IN ('returned', 'valid') AND id <> %(id)s
-ORDER BY digest, id;
+WHERE duty_id = ANY(%(duty_ids)s::bigint[]) AND state IN ('returned', 'valid')
+ORDER BY duty_id, digest, id;
 
 -- name: open_slots
-UPDATE duties SET open_slots = open_slots + %(slots)s
-WHERE id = %(duty_id)s AND state = 'pending';
+UPDATE duties u SET open_slots = u.open_slots + x.slots
+FROM unnest(%(duty_ids)s::bigint[], %(slots)s::int[]) AS x(id, slots)
+WHERE u.id = x.id AND u.state = 'pending';
 
 -- name: inconclusive
 UPDATE duties SET state = 'inconclusive', open_slots = 0, finished_at = now(),
                   error = 'replicas disagree: no quorum within max_replicas'
-WHERE id = %(duty_id)s;
+WHERE id = ANY(%(duty_ids)s::bigint[]);
 
 -- name: release_replicas
 -- Give up leased replicas — by id, past their deadline, or a citizen's except those it still
@@ -331,17 +362,19 @@ FROM per_duty;
 SELECT pg_try_advisory_xact_lock(1128879427, 1919246704);
 
 -- name: count_failures
--- One failed attempt; %(slots)s slots open again (0 when the replica's slot was freed already).
+-- Failed attempts per duty; %(slots)s slots open again (not for replicas whose slot was freed
+-- already); a duty fails once max_attempts failures add up.
 UPDATE duties u
-SET failures = u.failures + 1,
-    open_slots = CASE WHEN u.failures + 1 >= ds.max_attempts THEN 0
-                      ELSE u.open_slots + %(slots)s END,
-    state = CASE WHEN u.failures + 1 >= ds.max_attempts THEN 'failed'::duty_state
+SET failures = u.failures + x.failed,
+    open_slots = CASE WHEN u.failures + x.failed >= ds.max_attempts THEN 0
+                      ELSE u.open_slots + x.slots END,
+    state = CASE WHEN u.failures + x.failed >= ds.max_attempts THEN 'failed'::duty_state
                  ELSE u.state END,
-    finished_at = CASE WHEN u.failures + 1 >= ds.max_attempts THEN now() END,
-    error = %(error)s
-FROM datasets ds
-WHERE u.id = %(duty_id)s AND ds.id = u.dataset_id AND u.state = 'pending';
+    finished_at = CASE WHEN u.failures + x.failed >= ds.max_attempts THEN now() END,
+    error = x.error
+FROM unnest(%(duty_ids)s::bigint[], %(failed)s::int[], %(slots)s::int[], %(errors)s::text[])
+     AS x(id, failed, slots, error), datasets ds
+WHERE u.id = x.id AND ds.id = u.dataset_id AND u.state = 'pending';
 
 -- name: progress
 SELECT count(*) AS total,
@@ -362,39 +395,28 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now();
 -- name: join_token
 SELECT value FROM server_settings WHERE key = 'join_token';
 
--- name: start_replica
--- The citizen started computing a replica: from now on its deadline is the model's timeout plus
--- a margin, once (heartbeats extend nothing). At most one started replica per citizen.
+-- name: start_replicas
+-- Citizens started computing replicas (one each): from now on each deadline is the model's
+-- timeout plus a margin, once (heartbeats extend nothing). At most one started replica per
+-- citizen.
 UPDATE replicas r
 SET started_at = now(),
     deadline = now() + make_interval(secs => (m.manifest->>'timeout')::float8 + %(margin)s)
-FROM duties u JOIN models m ON m.id = u.model_id
-WHERE r.id = %(id)s AND r.citizen_id = %(citizen_id)s AND r.state = 'leased'
+FROM unnest(%(ids)s::bigint[], %(citizen_ids)s::uuid[]) AS x(id, citizen_id),
+     duties u JOIN models m ON m.id = u.model_id
+WHERE r.id = x.id AND r.citizen_id = x.citizen_id AND r.state = 'leased'
   AND r.started_at IS NULL AND u.id = r.duty_id
   AND NOT EXISTS (SELECT 1 FROM replicas o
-                  WHERE o.citizen_id = %(citizen_id)s AND o.state = 'leased'
+                  WHERE o.citizen_id = x.citizen_id AND o.state = 'leased'
                     AND o.started_at IS NOT NULL)
 RETURNING r.id;
 
--- name: cool_down
--- Citizens whose recent judged replicas mostly disagreed with the quorum, or failed where
--- others succeeded, rest for a while: they lease nothing until cooldown_until.
-UPDATE citizens c
-SET cooldown_until = now() + make_interval(secs => %(seconds)s)
-WHERE c.id = ANY(%(ids)s)
-  AND (SELECT count(*) FILTER (WHERE recent.bad) FROM (
-         SELECT r.state = 'invalid'
-                OR (r.state = 'error' AND EXISTS (SELECT 1 FROM replicas o
-                                                  WHERE o.duty_id = r.duty_id
-                                                    AND o.state = 'valid')) AS bad
-         FROM replicas r
-         WHERE r.citizen_id = c.id AND r.state IN ('valid', 'invalid', 'error')
-         ORDER BY r.returned_at DESC NULLS LAST, r.id DESC
-         LIMIT %(window)s) recent) >= %(threshold)s
-RETURNING c.id, c.name;
+-- name: citizens_sighted
+UPDATE citizens SET last_seen_at = now() WHERE id = ANY(%(ids)s::uuid[]);
 
--- name: duty_citizens
-SELECT DISTINCT citizen_id FROM replicas WHERE duty_id = %(duty_id)s;
+-- name: announce_work
+-- Duties may be leased again: wake the requests parked on every server (sent at commit).
+SELECT pg_notify('civic_work', '');
 
 -- name: lab_volunteer
 SELECT id FROM volunteers WHERE name = 'lab' AND token_sha256 IS NULL ORDER BY id LIMIT 1;
