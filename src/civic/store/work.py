@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from civic.errors import Refused
 from civic.protocol import Assignment
+from civic.store import leasing
 from civic.store.queries import q
 
 BUNDLE_CHUNK = 1024 * 1024
@@ -117,25 +118,13 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int, **options: A
 async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
                      window: float = 60.0, cap: int = 32, pause: float = 15.0,
                      datasets: Sequence[int] | None = None) -> list[list[Assignment]]:
-    """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in one round trip:
+    """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in two round trips:
     each citizen holds at most ``cap`` in all, each replica is to be started within ``window``
     seconds, a duty a citizen failed comes back to it after ``pause`` seconds, and ``datasets``
     restricts leasing to those datasets (None: any)."""
-    cursors = []
     async with conn.pipeline():  # nested in the caller's pipeline, if any
-        for citizen_id, count in requests:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(q("lease_duties"), {
-                "citizen_id": citizen_id, "count": count, "cap": cap, "window": window,
-                "pause": pause, "datasets": None if datasets is None else list(datasets)})
-            cursors.append(cursor)
-    return [[Assignment(replica_id=row["replica_id"], duty_id=row["duty_id"], model=row["model"],
-                        model_version=row["model_version"], bundle_sha256=row["bundle_sha256"],
-                        bundle_size=row["bundle_size"], run=row["run"], build=row["build"],
-                        timeout=row["timeout"], input=row["input"], memory=row["needs_memory"],
-                        start_within=window)
-             for row in await cursor.fetchall()]
-            for cursor in cursors]
+        return await leasing.lease_many(conn, requests, window=window, cap=cap, pause=pause,
+                                        datasets=datasets)
 
 
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),

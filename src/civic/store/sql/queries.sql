@@ -193,6 +193,108 @@ JOIN models m ON m.id = t.model_id
 JOIN bundles b ON b.sha256 = m.bundle_sha256
 ORDER BY l.id;
 
+-- name: lease_citizens
+-- The requesting citizens that may lease now (not resting, volunteer not removed), with what
+-- leasing needs to know of each and the room left under the cap of %(cap)s leases.
+SELECT c.id::text AS id, c.host, c.volunteer_id, c.memory, c.builds,
+       split_part(c.platform, ' ', 1) AS platform,
+       greatest(0, %(cap)s - (SELECT count(*) FROM replicas r
+                              WHERE r.citizen_id = c.id AND r.state = 'leased'))::int AS room
+FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
+  AND (c.cooldown_until IS NULL OR c.cooldown_until <= now());
+
+-- name: lease_window
+-- The first %(limit)s duties waiting for a replica (read, not locked), with what their model
+-- needs, the sources of their replicas that count, and the citizens that failed them within
+-- %(pause)s seconds: what a batch of requests is matched against.
+WITH c AS (
+    SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+    WHERE u.state = 'pending' AND u.open_slots > 0
+      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+    ORDER BY u.id
+    LIMIT %(limit)s
+)
+SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
+       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
+       coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
+       coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
+                                                  AND r.volunteer_id IS NOT NULL), '{}')
+           AS volunteers,
+       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+FROM c
+JOIN datasets ds ON ds.id = c.dataset_id
+JOIN models m ON m.id = c.model_id
+LEFT JOIN LATERAL (
+    SELECT r.citizen_id, r.host, r.volunteer_id,
+           r.state IN ('leased', 'returned', 'valid') AS counts
+    FROM replicas r
+    WHERE r.duty_id = c.id
+      AND (r.state IN ('leased', 'returned', 'valid')
+           OR (r.state IN ('error', 'expired')
+               AND coalesce(r.returned_at, r.deadline) > now() - make_interval(secs => %(pause)s)))
+) r ON true
+GROUP BY c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms
+ORDER BY c.id;
+
+-- name: lease_lock
+-- The same for the duties a batch chose, locked for this transaction (SKIP LOCKED: those
+-- another server's batch holds are left to it) and read again now that they cannot change.
+WITH c AS (
+    SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+    WHERE u.id = ANY(%(ids)s::bigint[]) AND u.state = 'pending' AND u.open_slots > 0
+    ORDER BY u.id
+    FOR UPDATE SKIP LOCKED
+)
+SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
+       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
+       coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
+       coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
+                                                  AND r.volunteer_id IS NOT NULL), '{}')
+           AS volunteers,
+       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+FROM c
+JOIN datasets ds ON ds.id = c.dataset_id
+JOIN models m ON m.id = c.model_id
+LEFT JOIN LATERAL (
+    SELECT r.citizen_id, r.host, r.volunteer_id,
+           r.state IN ('leased', 'returned', 'valid') AS counts
+    FROM replicas r
+    WHERE r.duty_id = c.id
+      AND (r.state IN ('leased', 'returned', 'valid')
+           OR (r.state IN ('error', 'expired')
+               AND coalesce(r.returned_at, r.deadline) > now() - make_interval(secs => %(pause)s)))
+) r ON true
+GROUP BY c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms
+ORDER BY c.id;
+
+-- name: lease_replicas
+-- One replica per (duty, citizen) pair, each to be started within %(window)s seconds; the
+-- duties' open slots go down by as many.
+WITH x AS (
+    SELECT * FROM unnest(%(duty_ids)s::bigint[], %(citizen_ids)s::uuid[], %(hosts)s::text[],
+                         %(volunteer_ids)s::bigint[]) AS x(duty_id, citizen_id, host, volunteer_id)
+), taken AS (
+    UPDATE duties u SET open_slots = u.open_slots - n.n
+    FROM (SELECT duty_id, count(*) AS n FROM x GROUP BY duty_id) n
+    WHERE u.id = n.duty_id
+    RETURNING u.id, u.model_id, u.input
+), leased AS (
+    INSERT INTO replicas (duty_id, citizen_id, deadline, host, volunteer_id)
+    SELECT duty_id, citizen_id, now() + make_interval(secs => %(window)s), host, volunteer_id
+    FROM x
+    RETURNING id, duty_id, citizen_id
+)
+SELECT l.id AS replica_id, l.citizen_id::text AS citizen_id, t.id AS duty_id, m.name AS model,
+       m.version AS model_version, m.bundle_sha256, b.size AS bundle_size,
+       m.manifest->>'run' AS run, m.manifest->>'build' AS build,
+       (m.manifest->>'timeout')::float8 AS timeout, m.needs_memory, t.input
+FROM leased l
+JOIN taken t ON t.id = l.duty_id
+JOIN models m ON m.id = t.model_id
+JOIN bundles b ON b.sha256 = m.bundle_sha256
+ORDER BY l.id;
+
 -- name: bundle_size
 SELECT size FROM bundles WHERE sha256 = %(sha256)s;
 
