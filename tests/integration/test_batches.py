@@ -14,7 +14,7 @@ import pytest
 
 from civic import protocol as p
 from civic.server import assimilate
-from civic.store import catalog
+from civic.store import catalog, work
 
 from test_server import Client, running_server
 
@@ -178,3 +178,39 @@ def test_reputation_is_a_running_record_of_the_last_ten_judgements(alphabet, dat
     rows = h.fetch(database_url, "SELECT name, recent, cooldown_until > now() FROM citizens"
                                  " ORDER BY name")
     assert rows == [("honest", "gg", None), ("liar", "bbbgggggbb", True), ("other", "gg", None)]
+
+
+def test_one_lease_batch_keeps_the_distinct_fit_and_cap_rules_between_its_requests(
+        database_url, h):
+    """Two citizens of one host asking in the same batch never share a duty (distinct host);
+    a citizen asking twice in one batch stays under its cap; a citizen that cannot build gets
+    nothing of a model with a build step, and the others still get theirs."""
+    catalog.add_model(database_url, h.ALPHABET)
+    catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")  # 2 replicas
+
+    async def scenario():
+        async with h.open_pool(database_url) as pool:
+            async def join(name, host, builds=True):
+                citizen_id, _ = await h.call(pool, work.register, citizen_id=None, secret=None,
+                                             name=name, platform="linux-x86_64",
+                                             address="127.0.0.1:1", host=host, builds=builds)
+                return citizen_id
+            one, same, other, slim = [await join("one", "box"), await join("same", "box"),
+                                      await join("other", "elsewhere"),
+                                      await join("slim", "thin", builds=False)]
+            async with pool.connection() as conn:
+                return (one, same, other, slim), await work.lease_many(
+                    conn, [(one, 3), (same, 3), (other, 4), (other, 4), (slim, 2)], cap=6)
+
+    (one, same, other, slim), leased = asyncio.run(scenario())
+    duties = [{a.duty_id for a in got} for got in leased]
+    assert len(duties[0]) == 3 and len(duties[1]) == 3
+    assert not duties[0] & duties[1]  # one host: never two replicas of a duty
+    assert len(leased[2]) + len(leased[3]) == 6  # the cap, over its two requests
+    assert not duties[2] & duties[3]
+    assert leased[4] == []
+    rows = h.fetch(database_url, "SELECT duty_id, count(*), count(DISTINCT host) FROM replicas"
+                                 " GROUP BY duty_id")
+    assert all(n == hosts <= 2 for _, n, hosts in rows)
+    slots = h.fetch(database_url, "SELECT sum(2 - open_slots) FROM duties")
+    assert slots == [(12,)]  # open slots went down by exactly what was leased
