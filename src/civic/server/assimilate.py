@@ -54,7 +54,8 @@ async def submit_many(conn: AsyncConnection, results: Sequence[tuple[str, Result
     statements that need no answer travel together.
     """
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(q("lock_replicas"), {"ids": [r.replica_id for _, r in results]})
+    await cursor.execute(q("lock_replicas"), {"ids": [r.replica_id for _, r in results],
+                                              "citizen_ids": [c for c, _ in results]})
     rows = {row["id"]: row for row in await cursor.fetchall()}
     outcome, store = Outcome(), _Store()
     tolerant = await _earlier_outputs(conn, [row for row in rows.values()

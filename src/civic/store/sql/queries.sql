@@ -303,13 +303,14 @@ SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE 
 
 -- name: lock_replicas
 -- Lock a batch's replicas and their duties, in duty order (so that servers sharing a database
--- never wait on each other in a circle); a citizen may only submit for a replica leased to it.
+-- never wait on each other in a circle): only those leased to the citizen that submits for
+-- them, so that no one can make the server lock what is not theirs.
 SELECT r.id, r.citizen_id::text AS citizen_id, r.duty_id, r.state, r.charged,
        u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance
-FROM replicas r
+FROM unnest(%(ids)s::bigint[], %(citizen_ids)s::uuid[]) AS x(id, citizen_id)
+JOIN replicas r ON r.id = x.id AND r.citizen_id = x.citizen_id
 JOIN duties u ON u.id = r.duty_id
 JOIN models m ON m.id = u.model_id
-WHERE r.id = ANY(%(ids)s::bigint[])
 ORDER BY u.id, r.id
 FOR UPDATE OF r, u;
 
