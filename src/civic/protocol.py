@@ -23,7 +23,7 @@ import struct
 import types
 import typing
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 from civic.errors import ProtocolError, UsageError
@@ -229,13 +229,26 @@ def encode(message: Message, max_frame: int = MAX_FRAME) -> bytes:
             surrogates) or its frame would exceed ``max_frame``.
     """
     try:
-        body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False).encode()
+        body = json.dumps({"type": message.type, **_fields(message)}, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False, default=_fields).encode()
     except (ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise ProtocolError(f"{message.type} cannot be encoded: {exc}") from None
     if len(body) > max_frame:
         raise ProtocolError(f"{message.type} frame of {len(body)} bytes exceeds the {max_frame} limit")
     return HEADER.pack(len(body)) + body
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A message (or assignment, result, ack) as a dict of its fields, nested ones left for
+    json to ask again: unlike ``asdict``, nothing is copied (a duty's input can be large)."""
+    if not is_dataclass(value):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return {name: getattr(value, name) for name in _names(type(value))}
+
+
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def decode(body: bytes) -> Message:

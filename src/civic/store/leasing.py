@@ -11,7 +11,7 @@ the window could not fill falls back to ``lease_duties`` for that citizen, which
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -20,10 +20,10 @@ from psycopg.rows import dict_row
 from civic.protocol import Assignment
 from civic.store.queries import q
 
-SLACK = 32  # duties locked beyond those asked for, for citizens that may not take some
+SLACK = 32  # duties read beyond those asked for, for citizens that may not take some
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Citizen:
     id: str
     host: str
@@ -31,10 +31,10 @@ class _Citizen:
     memory: int
     builds: bool
     platform: str
-    room: int  # replicas it may still lease (the cap less those it holds)
+    room: int  # replicas it may lease now (the cap less those it holds)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Duty:
     id: int
     slots: int
@@ -42,26 +42,26 @@ class _Duty:
     needs_memory: int | None
     needs_build: bool
     platforms: list[str] | None
-    citizens: set[str] = field(default_factory=set)  # sources of replicas that count
-    hosts: set[str] = field(default_factory=set)
-    volunteers: set[int] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)  # citizens that failed it a moment ago
+    citizens: frozenset[str]  # sources of the replicas that count
+    hosts: frozenset[str]
+    volunteers: frozenset[int]
+    failed: frozenset[str]  # citizens that failed it a moment ago
 
-    def takes(self, c: _Citizen) -> bool:
-        """Whether this citizen may get a replica of this duty (fit, distinct, pause)."""
-        return (self.slots > 0
-                and (self.needs_memory is None or c.memory == 0 or self.needs_memory <= c.memory)
-                and (c.builds or not self.needs_build)
-                and (self.platforms is None or c.platform in self.platforms)
-                and c.id not in self.citizens and c.id not in self.failed
-                and (self.distinct_by == "citizen" or c.host not in self.hosts)
-                and (self.distinct_by != "volunteer" or c.volunteer_id not in self.volunteers))
-
-    def give(self, c: _Citizen) -> None:
-        self.slots -= 1
-        self.citizens.add(c.id)
-        self.hosts.add(c.host)
-        self.volunteers.add(c.volunteer_id)
+    def takes(self, c: _Citizen, given: list[_Citizen]) -> bool:
+        """Whether this citizen may get a replica of this duty (fit, distinct, pause), besides
+        those ``given`` it in this batch already."""
+        if (len(given) >= self.slots or c.id in self.citizens or c.id in self.failed
+                or (self.needs_memory is not None and c.memory != 0
+                    and self.needs_memory > c.memory)
+                or (self.needs_build and not c.builds)
+                or (self.platforms is not None and c.platform not in self.platforms)):
+            return False
+        by_host = self.distinct_by != "citizen"
+        by_volunteer = self.distinct_by == "volunteer"
+        if (by_host and c.host in self.hosts) or (by_volunteer and c.volunteer_id in self.volunteers):
+            return False
+        return not any(g.id == c.id or (by_host and g.host == c.host)
+                       or (by_volunteer and g.volunteer_id == c.volunteer_id) for g in given)
 
 
 async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
@@ -114,8 +114,7 @@ def _match(requests: Sequence[tuple[str, int]], citizens: dict[str, _Citizen],
            duties: list[_Duty]) -> tuple[list[tuple[int, int, _Citizen]], dict[int, int]]:
     """Which request gets which duty: each in turn takes the first duties it may, in order.
     Returns (request, duty, citizen) per replica, and what each request still lacks."""
-    duties = [replace(d, citizens=set(d.citizens), hosts=set(d.hosts),
-                      volunteers=set(d.volunteers)) for d in duties]  # decided afresh each time
+    given: dict[int, list[_Citizen]] = {d.id: [] for d in duties}  # in this batch
     room = {c.id: c.room for c in citizens.values()}
     taken: list[tuple[int, int, _Citizen]] = []
     unmet: dict[int, int] = {}
@@ -127,8 +126,8 @@ def _match(requests: Sequence[tuple[str, int]], citizens: dict[str, _Citizen],
         for duty in duties:
             if want == 0:
                 break
-            if duty.takes(citizen):
-                duty.give(citizen)
+            if duty.takes(citizen, given[duty.id]):
+                given[duty.id].append(citizen)
                 want -= 1
                 room[citizen_id] -= 1
                 taken.append((n, duty.id, citizen))
@@ -140,9 +139,9 @@ def _match(requests: Sequence[tuple[str, int]], citizens: dict[str, _Citizen],
 def _candidate(row: dict[str, Any]) -> _Duty:
     return _Duty(id=row["id"], slots=row["open_slots"], distinct_by=row["distinct_by"],
                  needs_memory=row["needs_memory"], needs_build=row["needs_build"],
-                 platforms=row["platforms"], citizens=set(row["citizens"]),
-                 hosts=set(row["hosts"]), volunteers=set(row["volunteers"]),
-                 failed=set(row["failed"]))
+                 platforms=row["platforms"], citizens=frozenset(row["citizens"]),
+                 hosts=frozenset(row["hosts"]), volunteers=frozenset(row["volunteers"]),
+                 failed=frozenset(row["failed"]))
 
 
 def assignment(row: dict[str, Any], window: float) -> Assignment:
