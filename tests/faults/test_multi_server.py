@@ -183,7 +183,8 @@ def test_two_servers_share_one_port_and_both_get_citizens(cluster: Cluster,
     the connection (the source port, here). Eight citizens land all on one of two servers one
     time in 128, so citizens are added one at a time until both servers have some (and at
     least eight are connected): at most 24, which all land on one server once in ~8 million."""
-    model = square_model(cluster.root / "quick", "quick", extra="replication: 1\ntimeout: 30\n")
+    model = square_model(cluster.root / "quick", "quick", sleep=0.3,
+                         extra="replication: 1\ntimeout: 30\n")
     assert cluster.url
     servers = cluster.start_servers(2)
     # a server without --reuse-port cannot take the port from them
@@ -202,11 +203,13 @@ def test_two_servers_share_one_port_and_both_get_citizens(cluster: Cluster,
     figures["citizens_per_server"] = dict(sorted(per_server.items()))
     assert set(per_server) == {s.name for s in servers}, per_server
 
-    # and both serve: citizens of each server compute a dataset
+    # and both serve: citizens of each server compute a dataset (ten duties of 0.3 s a citizen:
+    # long enough that an idle citizen, which asks again every 2 s, gets its share)
+    count = 10 * len(agents)
     cluster.add_model(model)
-    ds = cluster.import_dataset("quick", numbers(cluster.root / "n.json", 80))["id"]
-    final = cluster.wait_finished(ds, 120)
-    assert final["done"] == 80, final
+    ds = cluster.import_dataset("quick", numbers(cluster.root / "n.json", count))["id"]
+    final = cluster.wait_finished(ds, 300)
+    assert final["done"] == count, final
     assert placement(cluster, servers, agents) == on, "a citizen moved"
     worked = {r["name"] for r in cluster.sql(
         "SELECT c.name FROM citizens c WHERE c.valid_count > 0")}
@@ -214,4 +217,4 @@ def test_two_servers_share_one_port_and_both_get_citizens(cluster: Cluster,
     figures["citizens_with_results_per_server"] = dict(sorted(served.items()))
     assert set(served) == {s.name for s in servers}, served
     exported = cluster.export("quick")
-    assert sorted((r["n"], r["square"]) for r in exported) == [(n, n * n) for n in range(80)]
+    assert sorted((r["n"], r["square"]) for r in exported) == [(n, n * n) for n in range(count)]
