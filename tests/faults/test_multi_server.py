@@ -26,6 +26,7 @@ SERVERS = 3
 CITIZENS = 6
 SLEEP = 0.05  # seconds a duty: long enough that a kill lands mid-duty for most citizens
 
+
 def placement(cluster: Cluster, servers: list[Proc], agents: list[Proc]) -> dict[str, Proc]:
     """The live server each agent is connected to now, found from /proc (the socket of the
     server that accepted it), for the agents connected now."""

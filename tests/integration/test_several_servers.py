@@ -1,8 +1,12 @@
-"""Several servers on one database: one elected reaper per sweep.
+"""Several servers on one database.
 
 Each server sweeps for overdue replicas every few seconds (``work.reap``); of several servers on
 one database, only the one that gets the reaper's advisory lock (queries.sql ``reaper_lock``)
 releases anything in that sweep, and an overdue replica is released — and charged — once.
+
+A citizen that comes back on another server while its old connection lingers should keep the
+replica it computes, as it does on one server: a known gap between servers (strict xfail).
+The drills with real server processes are in tests/faults/test_multi_server.py.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 # What a sweep tries (pg_try_advisory_xact_lock), as a lock that waits: the same key.
 HOLD = q("reaper_lock").replace("pg_try_advisory_xact_lock", "pg_advisory_xact_lock")
-KEY = tuple(int(n) for n in re.search(r"lock\((\d+),\s*(\d+)\)", HOLD).groups())  # type: ignore[union-attr]
+_KEY = re.search(r"lock\((\d+),\s*(\d+)\)", HOLD)
+assert _KEY is not None, HOLD
+KEY = (int(_KEY[1]), int(_KEY[2]))
 ERROR = "deadline passed without a result"
 
 
