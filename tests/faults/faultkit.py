@@ -366,12 +366,23 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, grace: float = 3, timeout: float = 60) -> Proc:
+    def start_server(self, grace: float = 3, timeout: float = 60, *,
+                     reuse_port: bool = False) -> Proc:
+        """`civic server start` on the drill's port (with ``reuse_port``: `civic server run
+        --reuse-port`, which may share the port with other such servers)."""
         log_name = f"server-{sum(p.name.startswith('server') for p in self.procs) + 1}"
-        self.server = self.start(log_name, [CIVIC, "server", "start", "--host", "127.0.0.1",
-                                            "--port", str(self.port), "--grace", str(grace)])
+        argv = [CIVIC, "server", "run" if reuse_port else "start", "--host", "127.0.0.1",
+                "--port", str(self.port), "--grace", str(grace),
+                *(["--reuse-port"] if reuse_port else [])]
+        self.server = self.start(log_name, argv)
         self.server.wait_for(f"listening on 127.0.0.1:{self.port}", timeout)
         return self.server
+
+    def start_servers(self, count: int, grace: float = 3, timeout: float = 60) -> list[Proc]:
+        """COUNT `civic server run --reuse-port` on the drill's one port and one database: the
+        kernel spreads the connections to that port over those still alive. ``server`` is the
+        last one started."""
+        return [self.start_server(grace, timeout, reuse_port=True) for _ in range(count)]
 
     @property
     def token(self) -> str:
@@ -591,6 +602,42 @@ def processes(matches: Callable[[int], bool]) -> list[int]:
     return sorted(found)
 
 
+def connections(pid: int) -> set[tuple[int, int]]:
+    """(local port, remote port) of each established IPv4 TCP connection process ``pid`` holds
+    (from /proc: which of several servers sharing a port a citizen's connection landed on)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    found = set()
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                found.add((int(fields[1].rsplit(":", 1)[1], 16),
+                           int(fields[2].rsplit(":", 1)[1], 16)))
+    return found
+
+
+def snapshot(cluster: Cluster, dataset: int) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Done duties (id -> canonical replica and result) and replicas in a final state
+    (valid, invalid, error: id -> duty, citizen, state, digest, output): what a drill compares
+    before and after a crash."""
+    duties = {r["id"]: (r["canonical_replica_id"], r["canonical"]) for r in cluster.sql(
+        "SELECT id, canonical_replica_id, canonical FROM duties "
+        "WHERE dataset_id = %s AND state = 'done'", (dataset,))}
+    replicas = {r["id"]: (r["duty_id"], r["citizen_id"], r["state"], r["digest"], r["output"])
+                for r in cluster.sql(
+                    "SELECT r.id, r.duty_id, r.citizen_id, r.state::text, r.digest, r.output "
+                    "FROM replicas r JOIN duties u ON u.id = r.duty_id "
+                    "WHERE u.dataset_id = %s AND r.state IN ('valid', 'invalid', 'error')",
+                    (dataset,))}
+    return duties, replicas
+
+
 def with_marker(marker: str) -> list[int]:
     """Processes whose command line holds ``marker``."""
     return processes(lambda pid: marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
@@ -610,7 +657,7 @@ def fake_python3(directory: Path, body: str) -> Path:
 
 
 __all__ = ["CIVIC", "ESCAPER", "FORGED", "HOG", "HOLDER", "NOBODY", "POISONER", "READER",
-           "UNSENDABLE", "WRITER", "Cluster", "Proc", "fake_python3", "free_port", "numbers",
-           "pg_ctl", "postmaster", "processes", "public_dir", "restart_embedded_postgres",
-           "rss_kib", "square_model", "start_embedded_postgres", "stop_embedded_postgres",
-           "wait_until", "with_marker"]
+           "UNSENDABLE", "WRITER", "Cluster", "Proc", "connections", "fake_python3", "free_port",
+           "numbers", "pg_ctl", "postmaster", "processes", "public_dir",
+           "restart_embedded_postgres", "rss_kib", "snapshot", "square_model",
+           "start_embedded_postgres", "stop_embedded_postgres", "wait_until", "with_marker"]

@@ -7,27 +7,12 @@ import time
 from typing import Any
 
 import pytest
-from faultkit import Cluster, numbers, square_model, wait_until
+from faultkit import Cluster, numbers, snapshot, square_model, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 DUTIES = 2000
 CITIZENS = 3
-
-
-def snapshot(cluster: Cluster, dataset: int) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Done duties (id -> canonical replica and result) and replicas in a final state
-    (valid, invalid, error: id -> duty, citizen, state, digest, output)."""
-    duties = {r["id"]: (r["canonical_replica_id"], r["canonical"]) for r in cluster.sql(
-        "SELECT id, canonical_replica_id, canonical FROM duties "
-        "WHERE dataset_id = %s AND state = 'done'", (dataset,))}
-    replicas = {r["id"]: (r["duty_id"], r["citizen_id"], r["state"], r["digest"], r["output"])
-                for r in cluster.sql(
-                    "SELECT r.id, r.duty_id, r.citizen_id, r.state::text, r.digest, r.output "
-                    "FROM replicas r JOIN duties u ON u.id = r.duty_id "
-                    "WHERE u.dataset_id = %s AND r.state IN ('valid', 'invalid', 'error')",
-                    (dataset,))}
-    return duties, replicas
 
 
 def test_server_sigkill_mid_run_loses_and_duplicates_nothing(cluster: Cluster,
