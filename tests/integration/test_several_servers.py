@@ -4,8 +4,8 @@ Each server sweeps for overdue replicas every few seconds (``work.reap``); of se
 one database, only the one that gets the reaper's advisory lock (queries.sql ``reaper_lock``)
 releases anything in that sweep, and an overdue replica is released — and charged — once.
 
-A citizen that comes back on another server while its old connection lingers should keep the
-replica it computes, as it does on one server: a known gap between servers (strict xfail).
+A citizen that comes back on another server while its old connection lingers keeps the replica
+it computes, as it does on one server, and shows as connected.
 The drills with real server processes are in tests/faults/test_multi_server.py.
 """
 
@@ -130,11 +130,7 @@ def _replica(url: str, h, replica_id: int) -> tuple[str, bool]:
                    (replica_id,))[0]
 
 
-@pytest.mark.parametrize("servers", [1, pytest.param(2, marks=pytest.mark.xfail(
-    strict=True, reason="known bug: the old connection's server releases and charges the "
-    "replica (service.py _forget); only connections of the same server are told at a hello "
-    "what the citizen still holds (service.py _session, other.leased.difference_update)"))],
-    ids=["one-server", "two-servers"])
+@pytest.mark.parametrize("servers", [1, 2], ids=["one-server", "two-servers"])
 def test_a_citizen_back_on_another_server_keeps_what_it_computes(alphabet, database_url, h,
                                                                   servers):
     """The link to a server drops unseen (a NAT, a load balancer): the citizen comes back on a
@@ -158,13 +154,15 @@ def test_a_citizen_back_on_another_server_keeps_what_it_computes(alphabet, datab
             await first.close()  # the old connection's end is seen now, before the result
             await asyncio.sleep(0.5)
             state = _replica(database_url, h, a.replica_id)
+            connected = h.fetch(database_url, "SELECT connected FROM citizens")
             await second.send(p.Result(a.replica_id, 0, output=h.alphabet_output(a.input)))
             ack = await second.recv()
             await second.close()
-            return a, state, ack
+            return a, state, connected, ack
 
-    a, state, ack = asyncio.run(scenario())
+    a, state, connected, ack = asyncio.run(scenario())
     assert ack.accepted
     assert state == ("leased", False)
+    assert connected == [(True,)]  # the old connection's end did not mark it away
     assert h.fetch(database_url, "SELECT failures FROM duties WHERE id = %s",
                    (a.duty_id,)) == [(0,)]

@@ -81,6 +81,7 @@ class Connection:
     asking: bool = False  # a duty request is being answered
     storing: set[asyncio.Task[None]] = field(default_factory=set)  # results being stored
     gone: bool = False
+    hello: int = 0  # the citizen's hello count at this connection's hello
 
     async def send(self, message: p.Message) -> None:
         await p.send(self.writer, message)
@@ -316,9 +317,8 @@ class Server:
             # results for (sent again right after the welcome), stays its own.
             await work.release(db, citizen_id=conn.citizen_id, keep=held, failure=False,
                                error="lost with an earlier connection")
-        for other in self.connections:  # an older connection of this citizen no longer has them
-            if other is not conn and other.citizen_id == conn.citizen_id:
-                other.leased.difference_update(held)
+            # Older connections of this citizen, on any server, release nothing when they end.
+            conn.hello = await work.greeted(db, conn.citizen_id)
         conn.leased.update(held)
         conn.name = text(hello.name, 100)
         conn.batches = p.BATCHES in hello.features
@@ -350,13 +350,13 @@ class Server:
                     blameless = conn.said_bye or conn.refused
                     lost = await work.release(
                         db, ids=sorted(conn.leased), citizen_id=conn.citizen_id,
-                        failure=not blameless,
+                        hello=conn.hello, failure=not blameless,
                         error=("citizen stopped" if conn.said_bye else "volunteer removed"
                                if conn.refused else "citizen disconnected"))
                     if lost:
                         log.warning("%s left with %d replica(s) unfinished; re-issuing",
                                     conn.name, lost)
-                await work.seen(db, conn.citizen_id, connected=False)
+                await work.left(db, conn.citizen_id, conn.hello)
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("%s: could not release its replicas (deadlines will): %s", conn.name, exc)
 

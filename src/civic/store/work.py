@@ -88,10 +88,16 @@ async def _volunteer_of(conn: AsyncConnection, token: str | None) -> int:
     return lab
 
 
-async def seen(conn: AsyncConnection, citizen_id: str, connected: bool = True) -> None:
-    await conn.execute(q("citizen_seen"), {"id": citizen_id, "connected": connected,
-                                           "name": None, "platform": None, "address": None,
-                                           "host": None, "memory": None, "builds": None})
+async def greeted(conn: AsyncConnection, citizen_id: str) -> int:
+    """The citizen said hello on a new connection: returns that hello's number."""
+    row = await (await conn.execute(q("citizen_greeted"), {"id": citizen_id})).fetchone()
+    return row[0] if row else 0
+
+
+async def left(conn: AsyncConnection, citizen_id: str, hello: int) -> None:
+    """The connection of hello number ``hello`` ended: the citizen is disconnected, unless it
+    said hello again since (to this server or another)."""
+    await conn.execute(q("citizen_left"), {"id": citizen_id, "hello": hello})
 
 
 async def sighted(conn: AsyncConnection, citizen_ids: Collection[str]) -> None:
@@ -129,10 +135,12 @@ async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]],
 
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
                   overdue: bool = False, citizen_id: str | None = None,
-                  keep: Sequence[int] | None = None, failure: bool = True) -> int:
+                  keep: Sequence[int] | None = None, failure: bool = True,
+                  hello: int | None = None) -> int:
     """Give up leased replicas so others lease them again; returns how many.
 
-    Which: those in ``ids`` (only the citizen's, when ``citizen_id`` is given), those past their
+    Which: those in ``ids`` (only the citizen's, when ``citizen_id`` is given; with ``hello``,
+    only while that is the citizen's latest hello: a newer connection holds them), those past their
     deadline (``overdue``), or, when ``keep`` is given, all of ``citizen_id``'s but those.
     Each counts as a failure of its duty when ``failure`` (a citizen that vanished); one past
     its deadline only if it had started (an unstarted one merely missed its start window).
@@ -140,7 +148,7 @@ async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
     row = await (await conn.execute(q("release_replicas"), {
         "ids": list(ids), "overdue": overdue, "citizen_id": citizen_id,
         "all_but": keep is not None, "keep": list(keep or ()), "failure": failure,
-        "error": error})).fetchone()
+        "error": error, "hello": hello})).fetchone()
     released = row[0] if row else 0
     if released:
         await announce_work(conn)

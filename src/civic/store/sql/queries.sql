@@ -422,8 +422,9 @@ UPDATE duties SET state = 'inconclusive', open_slots = 0, finished_at = now(),
 WHERE id = ANY(%(duty_ids)s::bigint[]);
 
 -- name: release_replicas
--- Give up leased replicas — by id, past their deadline, or a citizen's except those it still
--- holds — so their slots are leased again, all in one statement. A replica lost for a reason
+-- Give up leased replicas — by id (not when %(hello)s is given and the citizen said hello
+-- again since), past their deadline, or a citizen's except those it still holds — so their
+-- slots are leased again, all in one statement. A replica lost for a reason
 -- that is its citizen's doing (%(failure)s; past its deadline: only once started) is charged
 -- to its duty as a failure, and the duty fails once max_attempts failures add up.
 WITH lost AS (
@@ -434,7 +435,10 @@ WITH lost AS (
                      THEN 'not started within its start window' ELSE %(error)s END
     WHERE r.state = 'leased'
       AND ((r.id = ANY(%(ids)s::bigint[])
-            AND (%(citizen_id)s::uuid IS NULL OR r.citizen_id = %(citizen_id)s::uuid))
+            AND (%(citizen_id)s::uuid IS NULL OR r.citizen_id = %(citizen_id)s::uuid)
+            AND (%(hello)s::int IS NULL
+                 OR EXISTS (SELECT 1 FROM citizens c
+                            WHERE c.id = r.citizen_id AND c.hellos = %(hello)s::int)))
            OR (%(overdue)s AND r.deadline < now())
            OR (%(all_but)s AND r.citizen_id = %(citizen_id)s::uuid
                AND NOT r.id = ANY(%(keep)s::bigint[])))
@@ -513,6 +517,14 @@ WHERE r.id = x.id AND r.citizen_id = x.citizen_id AND r.state = 'leased'
                   WHERE o.citizen_id = x.citizen_id AND o.state = 'leased'
                     AND o.started_at IS NOT NULL)
 RETURNING r.id;
+
+-- name: citizen_greeted
+UPDATE citizens SET hellos = hellos + 1 WHERE id = %(id)s RETURNING hellos;
+
+-- name: citizen_left
+-- Its connection ended: disconnected, unless a newer hello came since (on any server).
+UPDATE citizens SET connected = false, last_seen_at = now()
+WHERE id = %(id)s AND hellos = %(hello)s;
 
 -- name: citizens_sighted
 UPDATE citizens SET last_seen_at = now() WHERE id = ANY(%(ids)s::uuid[]);
