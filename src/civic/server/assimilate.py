@@ -173,9 +173,13 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
     await cursor.execute(q("tally"), {"duty_ids": duty_ids})
     await counts.execute(q("replica_counts"), {"duty_ids": duty_ids})  # one round trip, piped
     tallies: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+    groups: dict[tuple[int, str], list[int]] = {}  # the replicas of each group
     for row in await cursor.fetchall():
         tallies[row["duty_id"]].append((row["digest"], row["votes"], row["first_replica"]))
-    settle: list[tuple[int, int, str]] = []
+        groups[row["duty_id"], row["digest"]] = row["replicas"]
+    settle: list[int] = []
+    valid: list[int] = []  # replicas that agree with their duty's canonical result
+    invalid: list[int] = []
     more: dict[int, int] = {}
     inconclusive: list[int] = []
     verdicts = outcome.verdicts
@@ -187,7 +191,9 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
                                 open_slots=row["open_slots"], spent=row["spent"],
                                 max_replicas=row["max_replicas"])
         if verdict.action == "settle":
-            settle.append((duty_id, verdict.replica_id, verdict.digest))  # type: ignore[arg-type]
+            settle.append(duty_id)
+            for digest, _, _ in tallies[duty_id]:
+                (valid if digest == verdict.digest else invalid).extend(groups[duty_id, digest])
             verdicts[duty_id] = f"duty {duty_id} done"
         elif verdict.action == "more":
             more[duty_id] = verdict.slots
@@ -196,13 +202,12 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
             inconclusive.append(duty_id)
             verdicts[duty_id] = f"duty {duty_id} inconclusive"
     if settle:
-        ids, replicas, digests = (list(column) for column in zip(*settle))
         rested = await (await conn.execute(q("settle_duties"), {
-            "duty_ids": ids, "replica_ids": replicas, "digests": digests, "seconds": cooldown,
+            "duty_ids": settle, "valid": valid, "invalid": invalid, "seconds": cooldown,
             "window": COOLDOWN_WINDOW, "threshold": COOLDOWN_THRESHOLD})).fetchall()
         outcome.settled += len(settle)
         outcome.rested += [name for (name,) in rested]
-        for duty_id in ids:
+        for duty_id in settle:
             verdicts[duty_id] += "".join(f"; citizen {name} rests {cooldown:.0f}s (keeps failing "
                                          "or disagreeing)" for (name,) in rested)
     if more:

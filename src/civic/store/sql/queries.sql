@@ -216,25 +216,26 @@ WITH c AS (
     LIMIT %(limit)s
 )
 SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
-       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
-       coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
-       coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
-                                                  AND r.volunteer_id IS NOT NULL), '{}')
-           AS volunteers,
-       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+       r.citizens, r.hosts, r.volunteers, r.failed
 FROM c
 JOIN datasets ds ON ds.id = c.dataset_id
 JOIN models m ON m.id = c.model_id
-LEFT JOIN LATERAL (
-    SELECT r.citizen_id, r.host, r.volunteer_id,
-           r.state IN ('leased', 'returned', 'valid') AS counts
-    FROM replicas r
-    WHERE r.duty_id = c.id
-      AND (r.state IN ('leased', 'returned', 'valid')
-           OR (r.state IN ('error', 'expired')
-               AND coalesce(r.returned_at, r.deadline) > now() - make_interval(secs => %(pause)s)))
-) r ON true
-GROUP BY c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms
+CROSS JOIN LATERAL (  -- aggregated per duty: read through replicas_by_duty, never a scan
+    SELECT coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
+           coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
+           coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
+                                                      AND r.volunteer_id IS NOT NULL), '{}')
+               AS volunteers,
+           coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+    FROM (SELECT r.citizen_id, r.host, r.volunteer_id,
+                 r.state IN ('leased', 'returned', 'valid') AS counts
+          FROM replicas r
+          WHERE r.duty_id = c.id
+            AND (r.state IN ('leased', 'returned', 'valid')
+                 OR (r.state IN ('error', 'expired')
+                     AND coalesce(r.returned_at, r.deadline)
+                         > now() - make_interval(secs => %(pause)s)))) r
+) r
 ORDER BY c.id;
 
 -- name: lease_lock
@@ -247,25 +248,26 @@ WITH c AS (
     FOR UPDATE SKIP LOCKED
 )
 SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
-       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
-       coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
-       coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
-                                                  AND r.volunteer_id IS NOT NULL), '{}')
-           AS volunteers,
-       coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+       r.citizens, r.hosts, r.volunteers, r.failed
 FROM c
 JOIN datasets ds ON ds.id = c.dataset_id
 JOIN models m ON m.id = c.model_id
-LEFT JOIN LATERAL (
-    SELECT r.citizen_id, r.host, r.volunteer_id,
-           r.state IN ('leased', 'returned', 'valid') AS counts
-    FROM replicas r
-    WHERE r.duty_id = c.id
-      AND (r.state IN ('leased', 'returned', 'valid')
-           OR (r.state IN ('error', 'expired')
-               AND coalesce(r.returned_at, r.deadline) > now() - make_interval(secs => %(pause)s)))
-) r ON true
-GROUP BY c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms
+CROSS JOIN LATERAL (  -- aggregated per duty: read through replicas_by_duty, never a scan
+    SELECT coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
+           coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
+           coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
+                                                      AND r.volunteer_id IS NOT NULL), '{}')
+               AS volunteers,
+           coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
+    FROM (SELECT r.citizen_id, r.host, r.volunteer_id,
+                 r.state IN ('leased', 'returned', 'valid') AS counts
+          FROM replicas r
+          WHERE r.duty_id = c.id
+            AND (r.state IN ('leased', 'returned', 'valid')
+                 OR (r.state IN ('error', 'expired')
+                     AND coalesce(r.returned_at, r.deadline)
+                         > now() - make_interval(secs => %(pause)s)))) r
+) r
 ORDER BY c.id;
 
 -- name: lease_replicas
@@ -277,7 +279,7 @@ WITH x AS (
 ), taken AS (
     UPDATE duties u SET open_slots = u.open_slots - n.n
     FROM (SELECT duty_id, count(*) AS n FROM x GROUP BY duty_id) n
-    WHERE u.id = n.duty_id
+    WHERE u.id = n.duty_id AND u.id = ANY(%(duty_ids)s::bigint[])
     RETURNING u.id, u.model_id, u.input
 ), leased AS (
     INSERT INTO replicas (duty_id, citizen_id, deadline, host, volunteer_id)
@@ -302,6 +304,9 @@ SELECT size FROM bundles WHERE sha256 = %(sha256)s;
 SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE sha256 = %(sha256)s;
 
 -- name: lock_replicas
+-- (The batch statements below join an unnest()ed array and repeat it as "= ANY(array)" on the
+-- big table: that predicate is what lets the planner read replicas and duties through their
+-- indexes, so a batch costs the same with a million finished duties as with none.)
 -- Lock a batch's replicas and their duties, in duty order (so that servers sharing a database
 -- never wait on each other in a circle): only those leased to the citizen that submits for
 -- them, so that no one can make the server lock what is not theirs.
@@ -325,7 +330,7 @@ SET state = CASE WHEN x.late THEN 'late' WHEN x.error IS NULL THEN 'returned'
 FROM unnest(%(ids)s::bigint[], %(exit_code)s::int[], %(output)s::text[], %(digest)s::text[],
             %(error)s::text[], %(stderr_tail)s::text[], %(elapsed)s::float8[], %(late)s::bool[])
      AS x(id, exit_code, output, digest, error, stderr_tail, elapsed, late)
-WHERE r.id = x.id;
+WHERE r.id = x.id AND r.id = ANY(%(ids)s::bigint[]);
 
 -- name: count_errors
 UPDATE citizens c SET error_count = error_count + x.n
@@ -342,9 +347,10 @@ SELECT r.duty_id, r.digest,
            ELSE least(count(DISTINCT r.citizen_id), count(DISTINCT r.host),
                       count(DISTINCT r.volunteer_id))
        END AS votes,
-       min(r.id) AS first_replica
+       min(r.id) AS first_replica, array_agg(r.id) AS replicas
 FROM replicas r JOIN duties u ON u.id = r.duty_id JOIN datasets ds ON ds.id = u.dataset_id
-WHERE r.duty_id = ANY(%(duty_ids)s::bigint[]) AND r.state IN ('returned', 'valid')
+WHERE r.duty_id = ANY(%(duty_ids)s::bigint[]) AND u.id = ANY(%(duty_ids)s::bigint[])
+  AND r.state IN ('returned', 'valid')
 GROUP BY r.duty_id, r.digest, ds.distinct_by
 ORDER BY r.duty_id, votes DESC, first_replica;
 
@@ -355,36 +361,39 @@ SELECT u.id AS duty_id, u.state, u.open_slots, ds.quorum, ds.max_replicas,
        count(r.id) FILTER (WHERE r.state = 'leased') AS leased,
        count(r.id) FILTER (WHERE r.state IN ('leased', 'returned', 'valid', 'invalid')) AS spent
 FROM duties u JOIN datasets ds ON ds.id = u.dataset_id
-LEFT JOIN replicas r ON r.duty_id = u.id
+LEFT JOIN replicas r ON r.duty_id = u.id AND r.duty_id = ANY(%(duty_ids)s::bigint[])
 WHERE u.id = ANY(%(duty_ids)s::bigint[])
 GROUP BY u.id, ds.id;
 
 -- name: settle_duties
--- Give duties their canonical results and judge every returned replica against them; each
--- citizen's reputation is a running record of its last %(window)s judgements (g: agreed,
--- b: disagreed, or failed a duty others computed), never recomputed from history. Citizens with
--- %(threshold)s bad ones in it rest for %(seconds)s seconds: they lease nothing until then.
-WITH x AS (
-    SELECT * FROM unnest(%(duty_ids)s::bigint[], %(replica_ids)s::bigint[], %(digests)s::text[])
-        AS x(duty_id, replica_id, digest)
+-- Give duties their canonical results — that of the first replica that agrees (%(valid)s are
+-- those that agree, %(invalid)s those that do not; all by id, so that every table is read
+-- through its index) — and judge the returned replicas. Each citizen's reputation is a running
+-- record of its last %(window)s judgements (g: agreed, b: disagreed, or failed a duty others
+-- computed), never recomputed from history. Citizens with %(threshold)s bad ones in it rest
+-- for %(seconds)s seconds: they lease nothing until then.
+WITH canonical AS (
+    SELECT DISTINCT ON (r.duty_id) r.id, r.duty_id, r.output FROM replicas r
+    WHERE r.id = ANY(%(valid)s::bigint[])
+    ORDER BY r.duty_id, r.id
 ), duty AS (
     UPDATE duties u
-    SET state = 'done', canonical = r.output, canonical_replica_id = r.id, open_slots = 0,
+    SET state = 'done', canonical = c.output, canonical_replica_id = c.id, open_slots = 0,
         finished_at = now()
-    FROM x JOIN replicas r ON r.id = x.replica_id
-    WHERE u.id = x.duty_id
+    FROM canonical c
+    WHERE u.id = ANY(%(duty_ids)s::bigint[]) AND u.id = c.duty_id
     RETURNING u.id
 ), judged AS (
     UPDATE replicas r
-    SET state = CASE WHEN r.digest = x.digest THEN 'valid' ELSE 'invalid' END::replica_state
-    FROM x
-    WHERE r.duty_id = x.duty_id AND r.state = 'returned'
+    SET state = CASE WHEN r.id = ANY(%(valid)s::bigint[]) THEN 'valid'
+                     ELSE 'invalid' END::replica_state
+    WHERE r.id = ANY(%(valid)s::bigint[] || %(invalid)s::bigint[]) AND r.state = 'returned'
     RETURNING r.id, r.citizen_id, CASE WHEN r.state = 'valid' THEN 'g' ELSE 'b' END AS mark,
               true AS returned
 ), failed AS (
     SELECT r.id, r.citizen_id, 'b' AS mark, false AS returned
-    FROM replicas r JOIN x ON r.duty_id = x.duty_id
-    WHERE r.state = 'error'
+    FROM replicas r
+    WHERE r.duty_id = ANY(%(duty_ids)s::bigint[]) AND r.state = 'error'
 ), marks AS (
     SELECT citizen_id, string_agg(mark, '' ORDER BY id) AS marks,
            count(*) FILTER (WHERE returned AND mark = 'g') AS valid,
@@ -414,7 +423,7 @@ ORDER BY duty_id, digest, id;
 -- name: open_slots
 UPDATE duties u SET open_slots = u.open_slots + x.slots
 FROM unnest(%(duty_ids)s::bigint[], %(slots)s::int[]) AS x(id, slots)
-WHERE u.id = x.id AND u.state = 'pending';
+WHERE u.id = x.id AND u.id = ANY(%(duty_ids)s::bigint[]) AND u.state = 'pending';
 
 -- name: inconclusive
 UPDATE duties SET state = 'inconclusive', open_slots = 0, finished_at = now(),
@@ -481,7 +490,8 @@ SET failures = u.failures + x.failed,
     error = x.error
 FROM unnest(%(duty_ids)s::bigint[], %(failed)s::int[], %(slots)s::int[], %(errors)s::text[])
      AS x(id, failed, slots, error), datasets ds
-WHERE u.id = x.id AND ds.id = u.dataset_id AND u.state = 'pending';
+WHERE u.id = x.id AND u.id = ANY(%(duty_ids)s::bigint[]) AND ds.id = u.dataset_id
+  AND u.state = 'pending';
 
 -- name: progress
 SELECT count(*) AS total,
