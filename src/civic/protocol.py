@@ -22,7 +22,7 @@ import math
 import struct
 import types
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -291,42 +291,59 @@ def _build(cls: type, data: Any) -> Any:
     knows; fields it does not know are ignored, so a newer peer may send more."""
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} must be an object")
-    hints = _hints(cls)
-    return cls(**{key: _check(key, value, hints[key]) for key, value in data.items()
-                  if key in hints})
+    checks = _checks(cls)
+    return cls(**{key: checks[key](key, value) for key, value in data.items() if key in checks})
+
+
+Check = Callable[[str, Any], Any]  # (field name, value) → the value, or TypeError
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return {f.name: typing.get_type_hints(cls)[f.name] for f in fields(cls)}
+def _checks(cls: type) -> dict[str, Check]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _checker(hints[f.name]) for f in fields(cls)}
 
 
-def _check(key: str, value: Any, hint: Any) -> Any:
-    if hint is Any:
-        return value
+@functools.cache
+def _checker(hint: Any) -> Check:
+    """The check of one type hint, worked out once per hint (not once per value)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return lambda key, value: value
     if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return _check(key, value, option)
-            except TypeError:
-                continue
-        raise TypeError(f"field {key!r} has the wrong type")
+        options = [_checker(option) for option in args]
+
+        def one_of(key: str, value: Any) -> Any:
+            for option in options:
+                try:
+                    return option(key, value)
+                except TypeError:
+                    continue
+            raise TypeError(f"field {key!r} has the wrong type")
+        return one_of
     if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"field {key!r} must be null")
+        def null(key: str, value: Any) -> None:
+            if value is not None:
+                raise TypeError(f"field {key!r} must be null")
+        return null
     if origin is list:
-        if not isinstance(value, list):
-            raise TypeError(f"field {key!r} must be a list")
-        return [_check(key, item, args[0]) for item in value]
+        item = _checker(args[0])
+
+        def each(key: str, value: Any) -> list[Any]:
+            if not isinstance(value, list):
+                raise TypeError(f"field {key!r} must be a list")
+            return [item(key, x) for x in value]
+        return each
     if is_dataclass(hint):
-        return _build(hint, value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise TypeError(f"field {key!r} must be {hint.__name__}")
-    return value
+        return lambda key, value: _build(hint, value)  # type: ignore[arg-type]
+
+    def plain(key: str, value: Any) -> Any:
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise TypeError(f"field {key!r} must be {hint.__name__}")
+        return value
+    return plain
 
 
 async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> Message:

@@ -10,6 +10,7 @@ the window could not fill falls back to ``lease_duties`` for that citizen, which
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def _match(requests: Sequence[tuple[str, int]], citizens: dict[str, _Citizen],
            duties: list[_Duty]) -> tuple[list[tuple[int, int, _Citizen]], dict[int, int]]:
     """Which request gets which duty: each in turn takes the first duties it may, in order.
     Returns (request, duty, citizen) per replica, and what each request still lacks."""
-    given: dict[int, list[_Citizen]] = {d.id: [] for d in duties}  # in this batch
+    given: dict[int, list[_Citizen]] = defaultdict(list)  # duty → citizens, in this batch
     room = {c.id: c.room for c in citizens.values()}
     taken: list[tuple[int, int, _Citizen]] = []
     unmet: dict[int, int] = {}
