@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from civic.images import AGENT_FILES, package_root  # exactly what the citizen image ships
+from civic.deploy.images import AGENT_FILES, package_root  # exactly what the citizen image ships
 
 SRC = package_root()
 

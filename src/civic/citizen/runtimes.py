@@ -1,5 +1,6 @@
 """Runtimes start and stop citizens on this machine. ``process`` runs each agent as a local
-subprocess; a ``docker`` runtime (one hardened container per citizen) plugs into the same seam."""
+subprocess; the ``docker`` runtime (one hardened container per citizen, ``civic.deploy.citizens``)
+plugs into the same seam."""
 
 from __future__ import annotations
 

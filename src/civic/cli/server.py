@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from civic import engine, images
 from civic.cli.context import Context
+from civic.deploy import engine, images
+from civic.deploy.install import Installation, InstallOptions
 from civic.errors import CivicError, UsageError
 from civic.protocol import DEFAULT_PORT
-from civic.server.install import Installation, InstallOptions
 from civic.server.runner import serve
 from civic.server.service import ServerOptions
 from civic.store import catalog

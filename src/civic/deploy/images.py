@@ -16,7 +16,7 @@ from typing import Any
 
 import civic
 from civic import __version__
-from civic.engine import errors
+from civic.deploy.engine import errors
 from civic.errors import DockerError, UsageError
 
 CITIZEN_IMAGE = f"civic-citizen:{__version__}"

@@ -14,8 +14,8 @@ from typing import Any
 
 from civic.citizen.agent import host_key
 from civic.citizen.runtimes import Joining
-from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
-                          is_container, labels, selector)
+from civic.deploy.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors,
+                                 find, is_container, labels, selector)
 from civic.errors import NotFound, UsageError
 from civic.protocol import parse_address
 

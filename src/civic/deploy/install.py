@@ -17,10 +17,10 @@ from typing import Any
 
 import psycopg
 
-from civic import images
 from civic.config import Settings, read_config, write_config
-from civic.engine import (discard, ensure_image, errors, find, has_image, instance_of,
-                          labels, selector)
+from civic.deploy import images
+from civic.deploy.engine import (discard, ensure_image, errors, find, has_image,
+                                 instance_of, labels, selector)
 from civic.errors import AddressInUse, DockerError, NotFound, StoreError
 from civic.protocol import DEFAULT_PORT
 
