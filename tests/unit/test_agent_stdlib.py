@@ -1,4 +1,4 @@
-"""The citizen agent must run in a bare Python: nothing pip-installed, only its own eight files."""
+"""The citizen agent must run in a bare Python: nothing pip-installed, only its own nine files."""
 
 from __future__ import annotations
 
