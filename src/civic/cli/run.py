@@ -14,6 +14,7 @@ from civic.cli.context import Context
 from civic.errors import RunIncomplete, UsageError
 from civic.job import run_job
 from civic.store import catalog
+from civic.store.states import DutyState
 
 SHOWN = 50  # result rows printed before pointing at `civic results export`
 
@@ -50,13 +51,14 @@ def run(
         task = bar.add_task("computing duties", total=None)
 
         def on_progress(p: dict[str, int]) -> None:
-            bar.update(task, total=p["total"], completed=p["total"] - p["pending"])
+            bar.update(task, total=p["total"], completed=p["total"] - p[DutyState.PENDING])
 
         report = run_job(url, c.settings, directory, dataset=dataset, citizens=citizens,
                          again=again, on_progress=on_progress, on_event=c.note)
     p = report.progress
-    c.note(f"{p['done']} of {p['total']} duties verified"
-           + "".join(f", {p[k]} {k}" for k in ("failed", "inconclusive") if p[k]))
+    c.note(f"{p[DutyState.DONE]} of {p['total']} duties verified"
+           + "".join(f", {p[state]} {state}" for state in (DutyState.FAILED,
+                                                             DutyState.INCONCLUSIVE) if p[state]))
     if output is not None:
         fmt = "jsonl" if output.suffix in (".jsonl", ".ndjson") else "csv"
         with open(output, "w", newline="") as f:

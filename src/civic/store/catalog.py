@@ -22,6 +22,7 @@ from civic.models import DISTINCT, Manifest, load_manifest, pack_bundle
 from civic.protocol import MAX_INPUT, size_text
 from civic.store.db import connect, transaction
 from civic.store.queries import q
+from civic.store.states import DutyState
 
 _VOLUNTEER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
@@ -297,7 +298,7 @@ def status(url: str) -> dict[str, Any]:
         datasets = conn.execute(q("list_datasets"), {"model": None}).fetchall()
         for dataset in datasets:
             dataset["waiting"] = ([asdict(w) for w in _waiting(conn, dataset["id"])]
-                                  if dataset["pending"] else [])
+                                  if dataset[DutyState.PENDING] else [])
         return {"datasets": datasets, "citizens": conn.execute(q("list_citizens")).fetchall()}
 
 
