@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.config import Settings
@@ -34,7 +33,7 @@ class JobReport:
     model: catalog.ModelAdded
     dataset: catalog.DatasetImported
     progress: dict[str, int]
-    unfinished: list[dict[str, Any]]
+    unfinished: list[catalog.UnfinishedDuty]
 
     @property
     def complete(self) -> bool:

@@ -68,8 +68,8 @@ def run(
         _print_results(c, url, report.dataset.id)
     if not report.complete:
         for duty in report.unfinished:
-            tries = f" after {duty['failures']} failure(s)" if duty["failures"] else ""
-            c.note(f"duty {duty['id']} {duty['state']}{tries}: {duty['error']}")
+            tries = f" after {duty.failures} failure(s)" if duty.failures else ""
+            c.note(f"duty {duty.id} {duty.state}{tries}: {duty.error}")
             if duty["stderr_tail"]:
                 c.note("  " + duty["stderr_tail"].strip().replace("\n", "\n  "))
         raise RunIncomplete(f"{p['total'] - p['done']} duties have no verified result")
