@@ -70,9 +70,9 @@ def run(
         for duty in report.unfinished:
             tries = f" after {duty.failures} failure(s)" if duty.failures else ""
             c.note(f"duty {duty.id} {duty.state}{tries}: {duty.error}")
-            if duty["stderr_tail"]:
-                c.note("  " + duty["stderr_tail"].strip().replace("\n", "\n  "))
-        raise RunIncomplete(f"{p['total'] - p['done']} duties have no verified result")
+            if duty.stderr_tail:
+                c.note("  " + duty.stderr_tail.strip().replace("\n", "\n  "))
+        raise RunIncomplete(f"{p['total'] - p[DutyState.DONE]} duties have no verified result")
 
 
 def _print_results(c: Context, url: str, dataset_id: int) -> None:
