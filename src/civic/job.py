@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.config import Settings
@@ -22,6 +21,7 @@ from civic.models import load_manifest
 from civic.server.runner import ServerThread
 from civic.server.service import ServerOptions
 from civic.store import catalog
+from civic.store.states import DutyState
 
 POLL = 0.5  # seconds between progress reads
 
@@ -33,11 +33,11 @@ class JobReport:
     model: catalog.ModelAdded
     dataset: catalog.DatasetImported
     progress: dict[str, int]
-    unfinished: list[dict[str, Any]]
+    unfinished: list[catalog.UnfinishedDuty]
 
     @property
     def complete(self) -> bool:
-        return self.progress["done"] == self.progress["total"]
+        return self.progress[DutyState.DONE] == self.progress["total"]
 
 
 def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | None,
@@ -72,11 +72,11 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
         event(f"dataset {imported.id}: {imported.records} records → {imported.duties} duties, "
               f"replication {imported.replication}, quorum {imported.quorum}")
     else:
-        finished = progress["pending"] == 0
+        finished = progress[DutyState.PENDING] == 0
         event(f"dataset {imported.id}, from the same file and model version, was "
               f"{'computed' if finished else 'begun'} by an earlier run: "
               f"{'showing' if finished else 'resuming'} it (--again computes it afresh)")
-    if progress["pending"] == 0:  # nothing to start
+    if progress[DutyState.PENDING] == 0:  # nothing to start
         return JobReport(added, imported, progress, catalog.unfinished_duties(url, imported.id))
     with contextlib.ExitStack() as stack:
         names = _claim_names(stack, settings.citizens_dir, f"{socket.gethostname()}-run",
@@ -94,7 +94,7 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
             progress = catalog.progress(url, imported.id)
             if on_progress:
                 on_progress(progress)
-            if progress["pending"] == 0:
+            if progress[DutyState.PENDING] == 0:
                 break
             if not any(c.running for c in spawned):
                 raise CivicError(f"every citizen exited; see {settings.home / 'logs'}")

@@ -19,7 +19,7 @@ import pytest
 from civic_cli import ALPHABET, next_letter
 from docker_objects import remove_instance
 
-from civic.images import CITIZEN_IMAGE
+from civic.deploy.images import CITIZEN_IMAGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
 from faultkit import Cluster, wait_until  # noqa: E402

@@ -252,10 +252,10 @@ def test_volunteers_join_with_their_own_token_and_are_listed(alphabet, database_
                 await c.close()
             return listed
 
-    listed = {v["name"]: v for v in asyncio.run(scenario())}
+    listed = {v.name: v for v in asyncio.run(scenario())}
     assert set(listed) == {"alice", "lab"}
-    assert (listed["alice"]["citizens"], listed["alice"]["connected"]) == (1, 1)
-    assert listed["alice"]["removed"] is False and listed["lab"]["citizens"] == 1
+    assert (listed["alice"].citizens, listed["alice"].connected) == (1, 1)
+    assert listed["alice"].removed is False and listed["lab"].citizens == 1
     assert h.fetch(database_url, "SELECT c.name, v.name FROM citizens c JOIN volunteers v"
                                  " ON v.id = c.volunteer_id ORDER BY c.name") == [
         ("alice-1", "alice"), ("lab-1", "lab")]
@@ -294,7 +294,7 @@ def test_a_removed_volunteers_citizens_are_refused_and_dropped(alphabet, databas
     assert h.fetch(database_url, "SELECT failures, open_slots FROM duties WHERE id = %s",
                    (a.duty_id,)) == [(0, 2)]
     (row,) = catalog.list_volunteers(database_url)[1:]
-    assert row["name"] == "mallory" and row["removed"] is True
+    assert row.name == "mallory" and row.removed is True
     with pytest.raises(NotFound):
         catalog.remove_volunteer(database_url, "nobody")
 

@@ -271,7 +271,7 @@ def test_failures_reopen_slots_until_max_attempts(alphabet, database_url, h):
     assert [_counts(database_url, h, x)[2] for x in (a, b, c)] == [1, 1, 1]
     (stored,), = h.fetch(database_url, "SELECT error FROM replicas WHERE id = %s", (rb.replica_id,))
     assert stored == "model crashed: boom"
-    assert catalog.unfinished_duties(database_url, alphabet.id)[0]["error"] == "model crashed: boom"
+    assert catalog.unfinished_duties(database_url, alphabet.id)[0].error == "model crashed: boom"
 
 
 def test_only_the_holder_may_submit_and_only_once(alphabet, database_url, h):

@@ -1,4 +1,4 @@
-"""The citizen agent must run in a bare Python: nothing pip-installed, only its own eight files."""
+"""The citizen agent must run in a bare Python: nothing pip-installed, only its own nine files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from civic.images import AGENT_FILES, package_root  # exactly what the citizen image ships
+from civic.deploy.images import AGENT_FILES, package_root  # exactly what the citizen image ships
 
 SRC = package_root()
 

@@ -6,9 +6,9 @@ Run it as ``python -m civic.citizen.agent HOST:PORT --home DIR``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,12 +23,12 @@ import stat
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from civic import protocol as p
 from civic.citizen.bundles import Fingerprint, copy_tree, fingerprint, unpack_bundle
 from civic.citizen.execute import build, check_sandbox, run_model
+from civic.citizen.options import AgentOptions, build_parser
 from civic.citizen.sandbox import Sandbox, become_subreaper, hide_process
 from civic.errors import (BundleChanged, CivicError, Incompatible, ModelFailed, ProtocolError,
                           Refused)
@@ -36,27 +36,6 @@ from civic.errors import (BundleChanged, CivicError, Incompatible, ModelFailed, 
 log = logging.getLogger("civic.citizen")
 
 READ_TIMEOUT = 120.0  # the server answers every request well within this
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    """What one citizen needs to know."""
-
-    address: str
-    home: Path
-    name: str
-    prefetch: int = 1
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    token: str | None = None
-    work: Path | None = None  # per-duty scratch directories (default: HOME/work)
-    tls: bool = False  # speak TLS, checking the server against ``ca`` or the system's roots
-    ca: Path | None = None  # implies TLS
-    parent: int | None = None  # exit when this process is gone (citizens spawned as processes)
-    host: str = ""  # key shared by the citizens of one machine (default: from its machine id)
-    memory: int = 0  # bytes a model may use here (default: the machine's physical memory)
-    model_user: int | None = None  # uid models run as when the agent is root (default: its own)
-    landlock: bool = True  # confine models' writes with Landlock where the kernel has it
 
 
 class Agent:
@@ -483,43 +462,20 @@ def run(options: AgentOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="civic-citizen", description=__doc__.splitlines()[0])
-    parser.add_argument("address", metavar="HOST:PORT", help="the CIVIC server to work for")
-    parser.add_argument("--name", default=socket.gethostname(), help="name shown on the server")
-    parser.add_argument("--home", type=Path, help="identity, bundle cache and work directory")
-    parser.add_argument("--prefetch", type=int, default=1, help="duties to lease at a time")
-    parser.add_argument("--work", type=Path, help="scratch directory (default: HOME/work)")
-    parser.add_argument("--token-file", type=Path,
-                        help="file holding the join token, - for stdin (default: $CIVIC_TOKEN)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--ca", type=Path, help="CA file to check the server's certificate "
-                                                "(default: the system's roots)")
-    parser.add_argument("--parent", type=int, help="stop when this process id is gone")
-    parser.add_argument("--host-key", default=os.environ.get("CIVIC_HOST_KEY", ""),
-                        help="key shared by the citizens of one machine (default: from its "
-                             "machine id; $CIVIC_HOST_KEY)")
-    parser.add_argument("--memory", type=int, default=0,
-                        help="bytes a model may use here (default: physical memory)")
-    parser.add_argument("--model-user", type=int, metavar="UID",
-                        help="uid models run as when the citizen runs as root (default: one "
-                             "of their own, unused by any account)")
-    parser.add_argument("--no-landlock", action="store_true",
-                        help="do not confine models' writes to their duty directory with "
-                             "Landlock (for models that must write elsewhere)")
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser = build_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
+    name = args.name or socket.gethostname()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format=f"%(asctime)s citizen {args.name}: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s citizen {name}: %(message)s", datefmt="%H:%M:%S")
     try:
         p.parse_address(args.address)
         token = read_token(args.token_file)
     except CivicError as exc:
         parser.error(str(exc))
-    return run(AgentOptions(args.address, args.home or default_home(args.name), args.name,
-                            max(1, args.prefetch), token=token,
-                            work=args.work, tls=args.tls, ca=args.ca,
-                            parent=args.parent, host=args.host_key, memory=args.memory,
-                            model_user=args.model_user, landlock=not args.no_landlock))
+    fields = {f.name for f in dataclasses.fields(AgentOptions)}
+    given = {key: value for key, value in vars(args).items() if key in fields}
+    return run(AgentOptions(**{**given, "name": name, "home": args.home or default_home(name),
+                               "prefetch": max(1, args.prefetch), "token": token}))
 
 
 if __name__ == "__main__":

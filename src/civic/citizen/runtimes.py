@@ -1,5 +1,6 @@
 """Runtimes start and stop citizens on this machine. ``process`` runs each agent as a local
-subprocess; a ``docker`` runtime (one hardened container per citizen) plugs into the same seam."""
+subprocess; the ``docker`` runtime (one hardened container per citizen, ``civic.deploy.citizens``)
+plugs into the same seam."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from civic.citizen.options import to_argv
 from civic.citizen.sandbox import hide_process
 
 
@@ -25,12 +27,11 @@ class Joining:
     tls: bool = False
     ca: Path | None = None  # implies TLS
 
-    def agent_args(self, name: str, ca_path: str | None = None) -> list[str]:
-        """The agent's arguments; ``ca_path`` is where the agent sees the CA file."""
-        args = [self.address, "--name", name, "--prefetch", str(self.prefetch)]
-        args += ["--tls"] if self.tls else []
-        args += ["--ca", ca_path or str(self.ca)] if self.ca else []
-        return args
+    def agent_args(self, name: str, ca_path: str | None = None, **more: Any) -> list[str]:
+        """The agent's arguments: these, then ``more`` (``AgentOptions`` fields, see
+        ``civic.citizen.options``); ``ca_path`` is where the agent sees the CA file."""
+        return to_argv(address=self.address, name=name, prefetch=self.prefetch, tls=self.tls,
+                       ca=(ca_path or self.ca) if self.ca else None, **more)
 
     @property
     def env(self) -> dict[str, str]:
@@ -90,9 +91,9 @@ class ProcessRuntime:
     def _start(joining: Joining, name: str, home: Path, log: Path | None
                ) -> subprocess.Popen[bytes]:
         home.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "civic.citizen.agent", *joining.agent_args(name),
-                   "--home", str(home), "--parent", str(os.getpid())]
-        command += ["--token-file", "-"] if joining.token else []
+        command = [sys.executable, "-m", "civic.citizen.agent",
+                   *joining.agent_args(name, home=home, parent=os.getpid(),
+                                       token_file="-" if joining.token else None)]
         out: IO[bytes] | None = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

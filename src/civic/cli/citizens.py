@@ -12,11 +12,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from civic import engine, images
 from civic.citizen import agent
-from civic.citizen.containers import DockerRuntime, Limits
 from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.cli.context import Context
+from civic.deploy import engine, images
+from civic.deploy.citizens import DockerRuntime, Limits
 from civic.errors import Refused, UsageError
 from civic.protocol import parse_address
 

@@ -12,6 +12,7 @@ from civic.cli.context import Context
 from civic.datasets import FORMATS, STDIN, display_name
 from civic.errors import UsageError
 from civic.store import catalog
+from civic.store.states import SHOWN
 
 app = typer.Typer(no_args_is_help=True, help="Import records for a model and cut them into duties.")
 
@@ -80,7 +81,7 @@ def list_(ctx: typer.Context,
     """List datasets with their duties by state."""
     c: Context = ctx.obj
     rows = catalog.list_datasets(c.database_url(), model)
-    counts = ("records", "duties", "done", "pending", "failed", "inconclusive")
+    counts = ("records", "duties", *SHOWN)
     c.listing(rows, json=json,
               empty="no datasets yet; import one with: civic dataset import MODEL FILE",
               columns=("id", "model", "source", *counts),

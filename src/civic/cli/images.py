@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from civic import engine, images
 from civic.cli.context import Context
+from civic.deploy import engine, images
 
 app = typer.Typer(no_args_is_help=True, help="Build CIVIC's Docker images.")
 

@@ -38,14 +38,13 @@ def list_(ctx: typer.Context, json: JSON = False) -> None:
     c: Context = ctx.obj
     rows = catalog.list_models(c.database_url())
     c.listing(rows, json=json, empty="no models yet; add one with: civic model add DIR",
-              as_json=[{"name": r["name"], "version": r["version"],
-                        "bundle_sha256": r["bundle_sha256"], "datasets": r["datasets"],
-                        "description": r["manifest"].get("description", ""),
-                        "created_at": r["created_at"]} for r in rows],
+              as_json=[{"name": r.name, "version": r.version, "bundle_sha256": r.bundle_sha256,
+                        "datasets": r.datasets, "description": r.manifest.get("description", ""),
+                        "created_at": r.created_at} for r in rows],
               columns=("model", "version", "datasets", "description", "added"),
-              cells=lambda r: [r["name"], str(r["version"]), str(r["datasets"]),
-                               r["manifest"].get("description", ""),
-                               f"{r['created_at']:%Y-%m-%d %H:%M}"])
+              cells=lambda r: [r.name, str(r.version), str(r.datasets),
+                               r.manifest.get("description", ""),
+                               f"{r.created_at:%Y-%m-%d %H:%M}"])
 
 
 @app.command("show")

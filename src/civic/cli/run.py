@@ -14,6 +14,7 @@ from civic.cli.context import Context
 from civic.errors import RunIncomplete, UsageError
 from civic.job import run_job
 from civic.store import catalog
+from civic.store.states import DutyState
 
 SHOWN = 50  # result rows printed before pointing at `civic results export`
 
@@ -50,13 +51,14 @@ def run(
         task = bar.add_task("computing duties", total=None)
 
         def on_progress(p: dict[str, int]) -> None:
-            bar.update(task, total=p["total"], completed=p["total"] - p["pending"])
+            bar.update(task, total=p["total"], completed=p["total"] - p[DutyState.PENDING])
 
         report = run_job(url, c.settings, directory, dataset=dataset, citizens=citizens,
                          again=again, on_progress=on_progress, on_event=c.note)
     p = report.progress
-    c.note(f"{p['done']} of {p['total']} duties verified"
-           + "".join(f", {p[k]} {k}" for k in ("failed", "inconclusive") if p[k]))
+    c.note(f"{p[DutyState.DONE]} of {p['total']} duties verified"
+           + "".join(f", {p[state]} {state}" for state in (DutyState.FAILED,
+                                                             DutyState.INCONCLUSIVE) if p[state]))
     if output is not None:
         fmt = "jsonl" if output.suffix in (".jsonl", ".ndjson") else "csv"
         with open(output, "w", newline="") as f:
@@ -66,11 +68,11 @@ def run(
         _print_results(c, url, report.dataset.id)
     if not report.complete:
         for duty in report.unfinished:
-            tries = f" after {duty['failures']} failure(s)" if duty["failures"] else ""
-            c.note(f"duty {duty['id']} {duty['state']}{tries}: {duty['error']}")
-            if duty["stderr_tail"]:
-                c.note("  " + duty["stderr_tail"].strip().replace("\n", "\n  "))
-        raise RunIncomplete(f"{p['total'] - p['done']} duties have no verified result")
+            tries = f" after {duty.failures} failure(s)" if duty.failures else ""
+            c.note(f"duty {duty.id} {duty.state}{tries}: {duty.error}")
+            if duty.stderr_tail:
+                c.note("  " + duty.stderr_tail.strip().replace("\n", "\n  "))
+        raise RunIncomplete(f"{p['total'] - p[DutyState.DONE]} duties have no verified result")
 
 
 def _print_results(c: Context, url: str, dataset_id: int) -> None:

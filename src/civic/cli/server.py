@@ -9,14 +9,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from civic import engine, images
 from civic.cli.context import Context
+from civic.deploy import engine, images
+from civic.deploy.install import Installation, InstallOptions
 from civic.errors import CivicError, UsageError
 from civic.protocol import DEFAULT_PORT
-from civic.server.install import Installation, InstallOptions
 from civic.server.runner import serve
 from civic.server.service import ServerOptions
 from civic.store import catalog
+from civic.store.states import DutyState
 
 app = typer.Typer(no_args_is_help=True, help="Run the server citizens connect to, here or as "
                                              "Docker containers.")
@@ -142,8 +143,9 @@ def status(ctx: typer.Context, json: JSON = False) -> None:
         store = catalog.status(c.database_url())
         report["database"] = "reachable"
         report["citizens_connected"] = sum(1 for r in store["citizens"] if r["connected"])
-        report["duties"] = {k: sum(d[k] for d in store["datasets"])
-                            for k in ("pending", "done", "failed", "inconclusive")}
+        report["duties"] = {state: sum(d[state] for d in store["datasets"])
+                            for state in (DutyState.PENDING, DutyState.DONE, DutyState.FAILED,
+                                          DutyState.INCONCLUSIVE)}
     except CivicError as exc:
         report["database"] = f"unreachable: {exc}"
     if json:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from civic.cli.context import Context
 from civic.store import catalog
+from civic.store.states import FINISHED, SHOWN
 
 
 def status(ctx: typer.Context,
@@ -25,14 +26,12 @@ def status(ctx: typer.Context,
     if not data["datasets"]:
         c.out.print("no datasets yet")
     else:
-        table = Table("model", "dataset", "duties", "done", "pending", "failed", "inconclusive",
-                      "progress", title="duties")
+        table = Table("model", "dataset", "duties", *SHOWN, "progress", title="duties")
         for d in data["datasets"]:
-            finished = d["done"] + d["failed"] + d["inconclusive"]
+            finished = sum(d[state] for state in FINISHED)
             share = f"{100 * finished / d['duties']:.0f}%" if d["duties"] else "-"
             table.add_row(f"{d['model']} v{d['model_version']}", str(d["id"]),
-                          *(str(d[k]) for k in ("duties", "done", "pending", "failed",
-                                                "inconclusive")), share)
+                          *(str(d[k]) for k in ("duties", *SHOWN)), share)
         c.out.print(table)
         for d in data["datasets"]:
             for w in d["waiting"]:

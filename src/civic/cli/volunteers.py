@@ -42,10 +42,10 @@ def list_(ctx: typer.Context,
     c.listing(rows, json=json, empty="no volunteers",
               columns=("volunteer", "created", "citizens", "connected", "valid", "invalid",
                        "errors", "removed"),
-              cells=lambda r: [r["name"], _ago(now, r["created_at"]),
-                               *(str(r[k]) for k in ("citizens", "connected", "valid",
-                                                     "invalid", "errors")),
-                               _ago(now, r["removed_at"]) if r["removed"] else "-"])
+              cells=lambda r: [r.name, _ago(now, r.created_at),
+                               *map(str, (r.citizens, r.connected, r.valid, r.invalid,
+                                          r.errors)),
+                               _ago(now, r.removed_at) if r.removed else "-"])
 
 
 @app.command("remove")

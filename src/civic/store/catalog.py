@@ -9,10 +9,11 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from civic.datasets import (FORMATS, STDIN, Record, cut, display_name, guess_format,
@@ -22,6 +23,7 @@ from civic.models import DISTINCT, Manifest, load_manifest, pack_bundle
 from civic.protocol import MAX_INPUT, size_text
 from civic.store.db import connect, transaction
 from civic.store.queries import q
+from civic.store.states import DutyState
 
 _VOLUNTEER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
@@ -47,6 +49,47 @@ class DatasetImported:
     replication: int
     quorum: int
     distinct: str = "host"
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A model's latest version, as ``list_models`` lists it."""
+
+    name: str
+    version: int
+    bundle_sha256: str
+    manifest: dict[str, Any]
+    created_at: datetime
+    datasets: int  # datasets imported for any of its versions
+
+
+@dataclass(frozen=True)
+class UnfinishedDuty:
+    """A duty without a canonical result, with the last error of its replicas."""
+
+    id: int
+    state: DutyState
+    failures: int
+    error: str | None
+    stderr_tail: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", DutyState(self.state))
+
+
+@dataclass(frozen=True)
+class Volunteer:
+    """A volunteer with its citizens (those connected now) and their results."""
+
+    name: str
+    created_at: datetime
+    removed: bool
+    removed_at: datetime | None
+    citizens: int
+    connected: int
+    valid: int
+    invalid: int
+    errors: int
 
 
 def _latest_model(conn: Any, name: str) -> dict[str, Any]:
@@ -82,8 +125,8 @@ def add_model(url: str, model_dir: Path) -> ModelAdded:
         packed.path.unlink(missing_ok=True)
 
 
-def list_models(url: str) -> list[dict[str, Any]]:
-    with connect(url, row_factory=dict_row) as conn:
+def list_models(url: str) -> list[ModelSummary]:
+    with connect(url, row_factory=class_row(ModelSummary)) as conn:
         return conn.execute(q("list_models")).fetchall()
 
 
@@ -232,8 +275,8 @@ def progress(url: str, dataset_id: int) -> dict[str, int]:
         return conn.execute(q("progress"), {"dataset_id": dataset_id}).fetchone()
 
 
-def unfinished_duties(url: str, dataset_id: int, limit: int = 20) -> list[dict[str, Any]]:
-    with connect(url, row_factory=dict_row) as conn:
+def unfinished_duties(url: str, dataset_id: int, limit: int = 20) -> list[UnfinishedDuty]:
+    with connect(url, row_factory=class_row(UnfinishedDuty)) as conn:
         return conn.execute(q("unfinished_duties"),
                             {"dataset_id": dataset_id, "limit": limit}).fetchall()
 
@@ -298,7 +341,7 @@ def status(url: str) -> dict[str, Any]:
         datasets = conn.execute(q("list_datasets"), {"model": None}).fetchall()
         for dataset in datasets:
             dataset["waiting"] = ([asdict(w) for w in _waiting(conn, dataset["id"])]
-                                  if dataset["pending"] else [])
+                                  if dataset[DutyState.PENDING] else [])
         return {"datasets": datasets, "citizens": conn.execute(q("list_citizens")).fetchall()}
 
 
@@ -323,9 +366,9 @@ def add_volunteer(url: str, name: str) -> str:
     return token
 
 
-def list_volunteers(url: str) -> list[dict[str, Any]]:
+def list_volunteers(url: str) -> list[Volunteer]:
     """Every volunteer with its citizens, those connected now, their results and if removed."""
-    with connect(url, row_factory=dict_row) as conn:
+    with connect(url, row_factory=class_row(Volunteer)) as conn:
         return conn.execute(q("list_volunteers")).fetchall()
 
 

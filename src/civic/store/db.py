@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -85,23 +86,32 @@ def redact(url: str) -> str:
     return hidden if left in (None, "***") else "(connection string hidden: it holds a password)"
 
 
-def connect(url: str, **kwargs: object) -> psycopg.Connection:
-    """Open a connection, turning connection failures into a StoreError naming the database."""
+@contextlib.contextmanager
+def connect(url: str, *, timeout: int = 10, **kwargs: Any) -> Iterator[psycopg.Connection]:
+    """A connection (given up on after ``timeout`` seconds), closed on leaving the block,
+    committed first unless the block failed.
+
+    This is the store's boundary: psycopg errors, connecting or inside the block, leave it as
+    StoreError (their messages name the database without its password).
+    """
     try:
-        return psycopg.connect(url, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
+        conn = psycopg.connect(url, connect_timeout=timeout, **kwargs)
     except psycopg.Error as exc:
         raise StoreError(f"cannot reach PostgreSQL at {redact(url)}: {exc}".strip()) from exc
+    try:
+        with conn:
+            yield conn
+    except psycopg.OperationalError as exc:  # the server went away, shut down, ran out of room
+        raise StoreError(f"PostgreSQL at {redact(url)} failed: {exc}".strip()) from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"database error: {exc}".strip()) from exc
 
 
 @contextlib.contextmanager
 def transaction(url: str) -> Iterator[psycopg.Connection]:
     """A connection inside one transaction: committed on success, rolled back on any error."""
-    with connect(url) as conn:
-        try:
-            with conn.transaction():
-                yield conn
-        except psycopg.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+    with connect(url) as conn, conn.transaction():
+        yield conn
 
 
 def _check_encoding(conn: psycopg.Connection, url: str) -> None:

