@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from civic.protocol import Result
 from civic.server import quorum
 from civic.store import q
+from civic.store.states import DutyState, ReplicaState
 
 COOLDOWN_WINDOW = 10  # a citizen is judged on its last ten judgements...
 COOLDOWN_THRESHOLD = 5  # ...and rests when half of them disagreed or failed where others did not
@@ -65,7 +66,7 @@ async def submit_many(conn: AsyncConnection, results: Sequence[tuple[str, Result
         row = rows.get(result.replica_id)
         if row is None or row["citizen_id"] != citizen_id:
             outcome.answers.append((False, "no such replica was leased to this citizen"))
-        elif row["state"] not in ("leased", "expired") or result.replica_id in store.ids:
+        elif row["state"] not in (ReplicaState.LEASED, ReplicaState.EXPIRED) or result.replica_id in store.ids:
             outcome.answers.append((False, "a result for this replica was already received"))
         else:
             try:
@@ -110,7 +111,7 @@ class _Store:
     def add(self, row: dict[str, Any], result: Result,
             tolerant: dict[int, list[tuple[str, Any]]]) -> tuple[str, bool]:
         """Take one result; says what happened and whether its duty is to be judged."""
-        duty_id, pending = row["duty_id"], row["duty_state"] == "pending"
+        duty_id, pending = row["duty_id"], row["duty_state"] == DutyState.PENDING
         failed = result.error is not None or result.exit_code != 0
         error = text(result.error or f"exited with code {result.exit_code}") if failed else None
         digest = output = None
@@ -129,11 +130,11 @@ class _Store:
             self.judge.add(duty_id)
             return f"duty {duty_id}: waiting for more results", True
         self.errors[row["citizen_id"]] += 1
-        if row["state"] == "leased" or not row["charged"]:
+        if row["state"] == ReplicaState.LEASED or not row["charged"]:
             # A leased replica's slot opens again; an expired one's is open already.
             count = self.failures.setdefault(duty_id, [0, 0, error])
             count[0] += 1
-            count[1] += int(row["state"] == "leased")
+            count[1] += int(row["state"] == ReplicaState.LEASED)
             count[2] = error
         return f"error: {error}", False
 
@@ -184,7 +185,7 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
     inconclusive: list[int] = []
     verdicts = outcome.verdicts
     for row in await counts.fetchall():
-        if row["state"] != "pending":
+        if row["state"] != DutyState.PENDING:
             continue  # failed in this very batch
         duty_id = row["duty_id"]
         verdict = quorum.decide(tallies[duty_id], quorum=row["quorum"], leased=row["leased"],
