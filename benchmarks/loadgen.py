@@ -28,6 +28,7 @@ from typing import Any
 from civic import protocol as p
 
 BATCHES = getattr(p, "BATCHES", "batches")
+HANDSHAKES = 8  # hellos in flight at once (a server takes 16 per address)
 
 
 class LoadError(RuntimeError):
@@ -187,7 +188,14 @@ async def drive(addresses: list[tuple[str, int]], citizens: list[Identity], toke
     tally = _Tally(results)
     sims = [_Citizen(me, addresses[i % len(addresses)], token, prefetch, tally)
             for i, me in enumerate(citizens)]
-    await asyncio.gather(*(sim.connect() for sim in sims))
+    # A server refuses more than a few connections per address still in their handshake.
+    handshakes = asyncio.Semaphore(HANDSHAKES)
+
+    async def connect(sim: _Citizen) -> None:
+        async with handshakes:
+            await sim.connect()
+
+    await asyncio.gather(*(connect(sim) for sim in sims))
     await asyncio.sleep(settle)
     probe.start()
     started = time.perf_counter()
