@@ -43,7 +43,8 @@ peers) take turns round by round, so a noisy neighbour spreads over all of them.
   {strace} duties with `strace -f -e trace=sendto,recvfrom` on the server: sends and receives on
   its Unix socket to PostgreSQL and on its TCP sockets to citizens, per duty (each query is one
   send and at least one receive; strace slows the server, so no rate is taken from it).
-  Peers: {peer_jobs} no-op jobs enqueued, then one worker in a subprocess timed from its start
+  Peers: no-op jobs ({peer_jobs} for pgqueuer, a quarter as many for the slower procrastinate)
+  enqueued, then one worker in a subprocess timed from its start
   until all are done (`peers.py` says how each is configured).
 - **P1e end to end** — 2 process citizens (`ProcessRuntime`, prefetch 4) and a `cp {{input}}
   {{output}}` model; {p1e} one-record duties, timed from spawning the citizens to the last duty
