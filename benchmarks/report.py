@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def write(bench: Any, args: argparse.Namespace, sizes: Any, elapsed: float) -> s
     out = ["# Benchmark results", "",
            f"Written by `python benchmarks/run.py {flags}`".rstrip() + f" on {now} "
            f"({elapsed / 60:.1f} min).", "",
-           f"- Machine: {machine()}",
+           f"- Machine: {machine()}; load average (1 min) {bench.load[0]:.1f} at the start, "
+           f"{os.getloadavg()[0]:.1f} at the end (other work on the machine shows there)",
            f"- Python {platform.python_version()}; PostgreSQL {bench.cluster.version} "
            f"(embedded; {bench.cluster.settings})",
            f"- after: {bench.variants['after'].parent} ({_git(bench.variants['after'])})"]

@@ -85,6 +85,7 @@ class Bench:
 
     def __init__(self, root: Path, sizes: Sizes, baseline: Path | None) -> None:
         self.root, self.sizes = root, sizes
+        self.load = os.getloadavg()
         os.environ["CIVIC_HOME"] = str(root / "home")
         self.cluster = Cluster(root / "home")
         self.url = self.cluster.url
