@@ -57,7 +57,10 @@ peers) take turns round by round, so a noisy neighbour spreads over all of them.
   own duties queued (order 10^3), taken from a queue of {big:,} duties written by
   `INSERT … SELECT generate_series`, and with those {big:,} duties finished (a valid replica
   each, spread over the load generator's citizens, written by SQL) while the run's own are
-  served.
+  served. After writing them, and between phases, the benchmark runs VACUUM ANALYZE and a
+  CHECKPOINT, so that each window measures the steady state rather than the aftermath of a
+  mass write (run 1 of this benchmark, without that, saw the 10^6-queue runs drop to a few
+  duties/s while PostgreSQL vacuumed and checkpointed on a disk shared with other work).
 - **P4 import** — `catalog.import_dataset` of a {p4:,}-record CSV at 1 and 100 records per duty,
   beside a COPY of the same rows (prepared in memory, not timed) into the same duties table in
   one transaction; records/s.
