@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
@@ -180,7 +181,9 @@ def import_dataset(url: str, model: str, path: Path, *, fmt: str | None = None,
             "records_per_duty": per_duty, "replication": replication, "quorum": quorum,
             "max_replicas": max_replicas, "max_attempts": manifest.max_attempts,
             "distinct_by": distinct}).fetchone()[0]
-        with conn.cursor().copy(q("copy_duties")) as copy:
+        cursor = conn.cursor()
+        # The writer thread sends rows while this one reads and encodes the next ones.
+        with cursor.copy(q("copy_duties"), writer=QueuedLibpqWriter(cursor)) as copy:
             for duty in cut(read_records(path, fmt, on_bytes=on_bytes, digest=content), per_duty):
                 copy.write_row((dataset_id, row["id"], records, _duty_input(shown, duty),
                                 replication))
@@ -216,11 +219,14 @@ def resumable_dataset(url: str, model: ModelAdded, path: Path) -> DatasetImporte
                            row["duties"], row["replication"], row["quorum"], row["distinct_by"])
 
 
+_ENCODE = json.JSONEncoder(allow_nan=False).encode  # one encoder for every duty
+
+
 def _duty_input(source: str, duty: list[Record]) -> str:
     """A duty's records as the JSON text stored and sent to citizens, refused when a frame
     could not carry it."""
     try:
-        text = json.dumps([r.value for r in duty], allow_nan=False)
+        text = _ENCODE([r.value for r in duty])
     except ValueError as exc:
         raise DatasetError(source, f"record cannot be stored: {exc}", duty[0].line) from None
     # len() counts characters, and a character is at most 4 bytes: encode only when it matters.
