@@ -273,9 +273,6 @@ class Agent:
             leasing.cancel()
             if link.current is None:
                 working.cancel()
-            await asyncio.wait({reading, working}, return_when=asyncio.FIRST_COMPLETED)
-            reading.cancel()  # the worker failed: nothing more to read for
-            link.fail_fetch()
             await asyncio.wait({working})
             for task in tasks:  # the reader's reason first: it says why the link ended
                 if task.done() and not task.cancelled() and (error := task.exception()):
@@ -287,22 +284,30 @@ class Agent:
 
     async def _read_frames(self, link: _Link) -> None:
         """Every frame from the server, dispatched; returns on bye, raises on an error frame."""
-        while True:
-            message = await self._next_frame(link)
-            if isinstance(message, p.Duty):
-                self._take(link, message)
-            elif isinstance(message, p.Acks):
-                self._acked(message.acks)
-            elif isinstance(message, p.Ack):
-                self._acked([message])
-            elif isinstance(message, p.NoWork):
-                link.asking = link.ahead = False  # one request ahead per replica started
-                link.resume = time.monotonic() + message.retry_after * random.uniform(0.8, 1.2)
-                link.wake.set()
-            elif isinstance(message, p.Bundle):
-                await link.receive_bundle(message)
-            else:
-                return self._closing(message)
+        try:
+            while await self._dispatch(link, await self._next_frame(link)):
+                pass
+        finally:
+            link.fail_fetch()  # no bundle comes after this
+
+    async def _dispatch(self, link: _Link, message: p.Message) -> bool:
+        """Handle one frame; False when the server said bye."""
+        if isinstance(message, p.Duty):
+            self._take(link, message)
+        elif isinstance(message, p.Acks):
+            self._acked(message.acks)
+        elif isinstance(message, p.Ack):
+            self._acked([message])
+        elif isinstance(message, p.NoWork):
+            link.asking = link.ahead = False  # one request ahead per replica started
+            link.resume = time.monotonic() + message.retry_after * random.uniform(0.8, 1.2)
+            link.wake.set()
+        elif isinstance(message, p.Bundle):
+            await link.receive_bundle(message)
+        else:
+            self._closing(message)  # raises unless it is a bye
+            return False
+        return True
 
     async def _next_frame(self, link: _Link) -> p.Message:
         """The next frame. A quiet server is fine while nothing is asked of it (the model runs)
@@ -316,7 +321,7 @@ class Agent:
                 elif since is None:
                     since = time.monotonic()
                 elif time.monotonic() - since >= READ_TIMEOUT:
-                    raise asyncio.TimeoutError(f"no answer from the server in {READ_TIMEOUT:.0f}s")
+                    raise asyncio.TimeoutError(f"no answer from the server in {READ_TIMEOUT:g}s")
             return read.result()
         finally:
             read.cancel()
