@@ -114,9 +114,10 @@ def serve(tmp_path: Path, *scripts: Script, prefetch: int = 1) -> list[str]:
             await asyncio.wait_for(done.wait(), 30)
             assert not agent.done(), agent.result()
         finally:
-            agent.cancel()
-            await asyncio.gather(agent, return_exceptions=True)
             server.close()
+            agent.cancel()
+            await asyncio.wait({agent}, timeout=5)
+            assert agent.cancelled(), "the agent did not stop when cancelled"
 
     asyncio.run(main())
     return log
@@ -243,3 +244,32 @@ def test_a_larger_prefetch_keeps_that_many_here(tmp_path: Path,
 
     log = serve(tmp_path, script, prefetch=3)
     assert log.index("> results 1") < log.index("> results 2"), log
+
+
+def test_a_quiet_server_is_dead_only_when_it_owes_an_answer(tmp_path: Path,
+                                                            stub_models: asyncio.Event,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Silent for 3 read timeouts while the model runs (nothing asked of it): fine. Silent
+    for one while a duty request waits (a parked request that never ends): reconnect."""
+    monkeypatch.setattr(agent_module, "READ_TIMEOUT", 0.5)
+    stub_models.clear()
+
+    async def quiet(peer: Peer) -> None:
+        await peer.welcome(p.BATCHES)
+        await peer.recv()
+        await peer.send(duty(1))
+        await asyncio.sleep(1.5)
+        stub_models.set()
+        await peer.recv()  # the result
+        await peer.send(p.Acks([p.Ack(1, True)]))
+        await peer.recv()  # a request, never answered
+        with pytest.raises(p.ConnectionClosed):  # the agent hangs up
+            await peer.recv()
+
+    async def done(peer: Peer) -> None:
+        await peer.welcome()
+        await peer.send(p.Bye("done"))
+
+    log = serve(tmp_path, quiet, done)
+    assert log.count("connect") == 2 and "> results 1" in log, log

@@ -186,9 +186,10 @@ class Agent:
 
     async def _serve(self) -> None:
         while True:
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls), 10)
+            try:  # asyncio.timeout, not wait_for: 3.11's loses a cancel landing as it ends
+                async with asyncio.timeout(10):
+                    reader, writer = await asyncio.open_connection(self.host, self.port,
+                                                                   ssl=self.tls)
             except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
                 await self._backoff(f"cannot reach {self.host}:{self.port} ({exc or 'timeout'})")
                 continue
@@ -394,7 +395,8 @@ class Agent:
         log.info("server said bye: %s", message.reason)
 
     async def _read(self, reader: asyncio.StreamReader) -> p.Message:
-        return await asyncio.wait_for(p.read_message(reader), READ_TIMEOUT)
+        async with asyncio.timeout(READ_TIMEOUT):  # (see _serve)
+            return await p.read_message(reader)
 
     async def _heartbeat(self, writer: asyncio.StreamWriter, interval: float) -> None:
         while True:
