@@ -518,7 +518,8 @@ def _sendable(result: p.Result) -> p.Result:
     limit once encoded, alone or in a ``results`` frame), an error result saying why: the
     citizen goes on either way."""
     try:
-        p.encode(p.Results([result]))
+        p.encode(result)
+        p.encode(p.Results([result]))  # a few bytes longer
         return result
     except ProtocolError as exc:
         return p.Result(result.replica_id, result.exit_code,
