@@ -30,14 +30,21 @@ def test_citizen_sigkilled_mid_duty(cluster: Cluster, figures: dict[str, Any],
 
     # the victim's model has started (its process is there) and sleeps: kill the citizen now
     wait_until(lambda: cluster.model_processes("victim"), 60, "the victim's model to start", 0.05)
-    held = cluster.sql("""SELECT r.id, r.duty_id FROM replicas r
-                          JOIN citizens c ON c.id = r.citizen_id
-                          WHERE c.name = 'victim' AND r.state = 'leased'""")
-    assert len(held) == 1, held  # prefetch 1: exactly the duty it is computing
+
+    def victims() -> list[dict[str, Any]]:
+        return cluster.sql("""SELECT r.id, r.duty_id, r.started_at IS NOT NULL AS running
+                              FROM replicas r JOIN citizens c ON c.id = r.citizen_id
+                              WHERE c.name = 'victim' AND r.state = 'leased'""")
+
+    # prefetch 1: the duty it is computing (its heartbeat started it) and at most one leased
+    # ahead (the model's 30 s timeout is shorter than the start window)
+    held = wait_until(lambda: (lambda rows: rows if any(r["running"] for r in rows) else None)(
+        victims()), 10, "the victim's running replica")
+    assert len(held) <= 2 and sum(r["running"] for r in held) == 1, held
     time.sleep(0.3)
     victim.kill()
     killed = time.monotonic()
-    replica, duty = held[0]["id"], held[0]["duty_id"]
+    replica, duty = next((r["id"], r["duty_id"]) for r in held if r["running"])
 
     expired = wait_until(lambda: cluster.sql(
         "SELECT state::text AS state, error FROM replicas WHERE id = %s AND state <> 'leased'",

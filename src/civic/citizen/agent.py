@@ -23,6 +23,7 @@ import stat
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from civic import protocol as p
@@ -36,6 +37,58 @@ from civic.errors import (BundleChanged, CivicError, Incompatible, ModelFailed, 
 log = logging.getLogger("civic.citizen")
 
 READ_TIMEOUT = 120.0  # the server answers every request well within this
+MAX_PREFETCH = 32  # the server's default cap on the replicas one citizen holds
+
+
+@dataclass(eq=False)
+class _Fetch:
+    """The one bundle being fetched: the reader streams its payload to ``part``."""
+
+    sha: str
+    part: Path
+    done: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Link:
+    """One connection's pipeline: what is queued, asked for and being fetched on it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    batches: bool  # the server takes ``results`` frames and answers them with ``acks``
+    # leased and not started yet, with the monotonic time each was received
+    queue: asyncio.Queue[tuple[p.Assignment, float]] = field(default_factory=asyncio.Queue)
+    current: p.Assignment | None = None  # taken from the queue: being fetched, built or run
+    asking: bool = False  # a duty request is outstanding
+    ahead: bool = False  # lease one more than prefetch (see Agent._ask_ahead)
+    resume: float = 0.0  # no request before this monotonic time (the server said no-work)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the lease loop looks again
+    fetch: _Fetch | None = None
+    closed: bool = False  # the connection ended: nothing more is started or sent on it
+
+    async def fetch_bundle(self, sha: str, part: Path) -> None:
+        self.fetch = _Fetch(sha, part, asyncio.get_running_loop().create_future())
+        try:
+            await p.send(self.writer, p.FetchBundle(sha))
+            await self.fetch.done
+        finally:
+            self.fetch = None
+
+    async def receive_bundle(self, header: p.Bundle) -> None:
+        """The payload that follows a bundle header, streamed to the pending fetch's file."""
+        fetch = self.fetch
+        if fetch is None or header.sha256 != fetch.sha:
+            raise ProtocolError("expected the bundle that was asked for")
+        with open(fetch.part, "wb") as f:
+            async for chunk in p.read_payload(self.reader, header.size):
+                f.write(chunk)
+        if not fetch.done.done():  # (the worker may have been cancelled meanwhile)
+            fetch.done.set_result(None)
+
+    def fail_fetch(self) -> None:
+        if self.fetch is not None and not self.fetch.done.done():
+            self.fetch.done.set_exception(
+                ProtocolError("connection closed before the bundle arrived"))
 
 
 class Agent:
@@ -54,6 +107,7 @@ class Agent:
         self.unacked: dict[int, p.Result] = {}
         self.held: set[int] = set()  # leased to us and not yet acknowledged: heartbeats say so
         self.running: int | None = None  # the replica being computed now
+        self.prefetch = max(1, min(options.prefetch, MAX_PREFETCH))
         self.failures = 0
         self.host_key = options.host or host_key()
         self.memory = options.memory or physical_memory()
@@ -112,9 +166,10 @@ class Agent:
 
     async def _serve(self) -> None:
         while True:
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls), 10)
+            try:  # asyncio.timeout, not wait_for: 3.11's loses a cancel landing as it ends
+                async with asyncio.timeout(10):
+                    reader, writer = await asyncio.open_connection(self.host, self.port,
+                                                                   ssl=self.tls)
             except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
                 await self._backoff(f"cannot reach {self.host}:{self.port} ({exc or 'timeout'})")
                 continue
@@ -149,12 +204,24 @@ class Agent:
         await asyncio.sleep(delay)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        welcome = await self._greet(reader, writer)
+        link = _Link(reader, writer, batches=p.BATCHES in welcome.features)
+        heartbeat = asyncio.ensure_future(self._heartbeat(writer, welcome.heartbeat))
+        try:
+            if self.unacked:  # the server expects them first: the hello said we hold them
+                await self._send_results(link, list(self.unacked.values()))
+            await self._pipeline(link)
+        finally:
+            heartbeat.cancel()
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> p.Welcome:
         identity = self._load_identity()
         await p.send(writer, p.Hello(p.PROTOCOL_VERSION, self.options.name, _platform(),
                                      identity.get("citizen_id"), identity.get("secret"),
                                      self.options.token, host=self.host_key, memory=self.memory,
                                      builds=shutil.which("cc") is not None,
-                                     held=sorted(self.unacked)))
+                                     held=sorted(self.unacked), features=[p.BATCHES]))
         welcome = await self._read(reader)
         if isinstance(welcome, p.Error) and welcome.code == "version":
             raise Incompatible(f"this citizen speaks protocol version {p.PROTOCOL_VERSION}, "
@@ -170,33 +237,134 @@ class Agent:
         log.info("connected to %s:%s as %s (%s)", self.host, self.port, self.options.name,
                  welcome.citizen_id[:8])
         self.failures = 0
-        heartbeat = asyncio.ensure_future(self._heartbeat(writer, welcome.heartbeat))
+        return welcome
+
+    async def _pipeline(self, link: _Link) -> None:
+        """Read, lease and compute side by side until the connection ends; the replica running
+        then is finished (its result goes out on the next connection), the queued ones are
+        dropped (the next hello does not hold them, so the server frees them at once)."""
+        reading = asyncio.ensure_future(self._read_frames(link))
+        working = asyncio.ensure_future(self._work(link))
+        leasing = asyncio.ensure_future(self._lease(link))
+        tasks = (reading, working, leasing)
+        link.wake.set()
         try:
-            for result in list(self.unacked.values()):
-                await self._submit(reader, writer, result)
-            while True:
-                await p.send(writer, p.RequestDuty(self.options.prefetch))
-                message = await self._read(reader)
-                if isinstance(message, p.NoWork):
-                    await asyncio.sleep(message.retry_after * random.uniform(0.8, 1.2))
-                elif isinstance(message, p.Duty):
-                    received = time.monotonic()
-                    self.held.update(a.replica_id for a in message.assignments)
-                    for assignment in message.assignments:
-                        if (assignment.start_within is not None
-                                and time.monotonic() - received > assignment.start_within):
-                            # The server gave it up already: another citizen computes it.
-                            log.info("replica %d not started within %.0fs; skipped",
-                                     assignment.replica_id, assignment.start_within)
-                            self.held.discard(assignment.replica_id)
-                            continue
-                        result = await self._compute(reader, writer, assignment)
-                        self.unacked[result.replica_id] = result
-                        await self._submit(reader, writer, result)
-                else:
-                    return self._closing(message)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            link.closed = True
+            leasing.cancel()
+            if link.current is None:
+                working.cancel()
+            await asyncio.wait({working})
+            for task in tasks:  # the reader's reason first: it says why the link ended
+                if task.done() and not task.cancelled() and (error := task.exception()):
+                    raise error
         finally:
-            heartbeat.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_frames(self, link: _Link) -> None:
+        """Every frame from the server, dispatched; returns on bye, raises on an error frame."""
+        try:
+            while await self._dispatch(link, await self._next_frame(link)):
+                pass
+        finally:
+            link.fail_fetch()  # no bundle comes after this
+
+    async def _dispatch(self, link: _Link, message: p.Message) -> bool:
+        """Handle one frame; False when the server said bye."""
+        if isinstance(message, p.Duty):
+            self._take(link, message)
+        elif isinstance(message, p.Acks):
+            self._acked(message.acks)
+        elif isinstance(message, p.Ack):
+            self._acked([message])
+        elif isinstance(message, p.NoWork):
+            link.asking = link.ahead = False  # one request ahead per replica started
+            link.resume = time.monotonic() + message.retry_after * random.uniform(0.8, 1.2)
+            link.wake.set()
+        elif isinstance(message, p.Bundle):
+            await link.receive_bundle(message)
+        else:
+            self._closing(message)  # raises unless it is a bye
+            return False
+        return True
+
+    async def _next_frame(self, link: _Link) -> p.Message:
+        """The next frame. A quiet server is fine while nothing is asked of it (the model runs)
+        and for up to READ_TIMEOUT while something is (it may park a duty request)."""
+        read = asyncio.ensure_future(p.read_message(link.reader))
+        since: float | None = None  # when we were first seen waiting for an answer
+        try:
+            while not (await asyncio.wait({read}, timeout=min(1.0, READ_TIMEOUT)))[0]:
+                if not (link.asking or link.fetch or self.unacked):
+                    since = None
+                elif since is None:
+                    since = time.monotonic()
+                elif time.monotonic() - since >= READ_TIMEOUT:
+                    raise asyncio.TimeoutError(f"no answer from the server in {READ_TIMEOUT:g}s")
+            return read.result()
+        finally:
+            read.cancel()
+
+    def _take(self, link: _Link, duty: p.Duty) -> None:
+        received = time.monotonic()
+        link.asking = False
+        self.held.update(a.replica_id for a in duty.assignments)
+        for assignment in duty.assignments:
+            link.queue.put_nowait((assignment, received))
+        link.wake.set()  # fewer than asked for: ask again
+
+    def _acked(self, acks: list[p.Ack]) -> None:
+        for ack in acks:
+            self.unacked.pop(ack.replica_id, None)
+            self.held.discard(ack.replica_id)
+            if not ack.accepted:
+                log.warning("result for replica %d refused: %s", ack.replica_id, ack.reason)
+
+    async def _lease(self, link: _Link) -> None:
+        """Keep up to ``prefetch`` replicas here (running + queued), with at most one request
+        outstanding, so the next duty is here when the model finishes."""
+        while True:
+            await link.wake.wait()
+            await asyncio.sleep(max(0.0, link.resume - time.monotonic()))  # after a no-work
+            link.wake.clear()
+            holding = link.queue.qsize() + (link.current is not None)
+            count = self.prefetch + link.ahead - holding
+            if count > 0 and not link.asking:
+                link.asking = True
+                await p.send(link.writer, p.RequestDuty(count))
+
+    async def _work(self, link: _Link) -> None:
+        """Compute the queued replicas one at a time; send each result without waiting for its
+        ack (it comes whenever the server has stored it)."""
+        while True:
+            assignment, received = await link.queue.get()
+            if (assignment.start_within is not None
+                    and time.monotonic() - received > assignment.start_within):
+                # The server gave it up already: another citizen computes it.
+                log.info("replica %d not started within %.0fs; skipped",
+                         assignment.replica_id, assignment.start_within)
+                self.held.discard(assignment.replica_id)
+                link.wake.set()
+                continue
+            link.current = assignment
+            try:
+                result = await self._compute(link, assignment)
+            finally:
+                link.current, link.ahead = None, False
+                link.wake.set()
+            self.unacked[result.replica_id] = result
+            if link.closed:  # kept for the next connection
+                return
+            await self._send_results(link, [result])
+
+    async def _send_results(self, link: _Link, results: list[p.Result]) -> None:
+        frames = ([p.Results(batch) for batch in _batches(results)] if link.batches
+                  else results)  # an older server takes them one by one (and acks in order)
+        for frame in frames:
+            link.writer.write(p.encode(frame))
+        await link.writer.drain()
 
     @staticmethod
     def _closing(message: p.Message) -> None:
@@ -207,7 +375,8 @@ class Agent:
         log.info("server said bye: %s", message.reason)
 
     async def _read(self, reader: asyncio.StreamReader) -> p.Message:
-        return await asyncio.wait_for(p.read_message(reader), READ_TIMEOUT)
+        async with asyncio.timeout(READ_TIMEOUT):  # (see _serve)
+            return await p.read_message(reader)
 
     async def _heartbeat(self, writer: asyncio.StreamWriter, interval: float) -> None:
         while True:
@@ -219,22 +388,9 @@ class Agent:
         running = [] if self.running is None else [self.running]
         await p.send(writer, p.Heartbeat(sorted(self.held), running))
 
-    async def _submit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      result: p.Result) -> None:
-        await p.send(writer, result)
-        ack = await self._read(reader)
-        if not isinstance(ack, p.Ack) or ack.replica_id != result.replica_id:
-            self._closing(ack)
-            raise ProtocolError("server closed before acknowledging a result")
-        self.unacked.pop(result.replica_id, None)
-        self.held.discard(result.replica_id)
-        if not ack.accepted:
-            log.warning("result for replica %d refused: %s", result.replica_id, ack.reason)
-
-    async def _compute(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       assignment: p.Assignment) -> p.Result:
+    async def _compute(self, link: _Link, assignment: p.Assignment) -> p.Result:
         try:
-            result = await self._contained(reader, writer, assignment)
+            result = await self._contained(link, assignment)
         except ModelFailed as exc:
             result = p.Result(assignment.replica_id, None, error=str(exc),
                               stderr_tail=exc.stderr_tail)
@@ -245,15 +401,15 @@ class Agent:
                  result.error or "ok", result.elapsed)
         return result
 
-    async def _contained(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         assignment: p.Assignment) -> p.Result:
+    async def _contained(self, link: _Link, assignment: p.Assignment) -> p.Result:
         """Run the replica on a copy of its bundle, checked against the bundle's fingerprint;
         a bundle that changed on disk is thrown away, fetched and built again (once)."""
         for attempt in (1, 2):
-            bundle_dir, known = await self._bundle(reader, writer, assignment)
+            bundle_dir, known = await self._bundle(link, assignment)
             if self.running is None:  # fetched and built: the model's run starts its deadline
                 self.running = assignment.replica_id
-                await self._beat(writer)
+                await self._beat(link.writer)
+                self._ask_ahead(link, assignment)
             try:
                 return await run_model(assignment, bundle_dir, self.work, self.sandbox, known)
             except BundleChanged as exc:
@@ -263,8 +419,16 @@ class Agent:
                     raise
         raise AssertionError("unreachable")
 
-    async def _bundle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      assignment: p.Assignment) -> tuple[Path, Fingerprint]:
+    def _ask_ahead(self, link: _Link, running: p.Assignment) -> None:
+        """With prefetch 1, lease one more while a replica runs, so its successor is here when
+        it ends — but only when the model's timeout is shorter than the start window: the one
+        queued behind it then surely starts within its window, where otherwise the server
+        would give it up unstarted and lease it elsewhere (a lease wasted)."""
+        link.ahead = (self.prefetch == 1 and running.start_within is not None
+                      and running.timeout < running.start_within)
+        link.wake.set()
+
+    async def _bundle(self, link: _Link, assignment: p.Assignment) -> tuple[Path, Fingerprint]:
         """The built bundle and its fingerprint. A tree this agent has not fetched and checked
         itself (left by an earlier run, or changed since) is never trusted: it is fetched,
         verified, unpacked and built again."""
@@ -277,7 +441,7 @@ class Agent:
         self.bundles.mkdir(parents=True, exist_ok=True)
         part = self.bundles / f"{sha}.part"
         try:
-            await self._fetch(reader, writer, sha, part)
+            await link.fetch_bundle(sha, part)
             if assignment.build:
                 await self._build(part, sha, assignment.build, dest)
             else:
@@ -291,17 +455,6 @@ class Agent:
         except OSError as exc:
             raise ModelFailed(f"bundle {sha[:12]}: cannot read it back: {exc}") from None
         return dest, self.fingerprints[sha]
-
-    async def _fetch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     sha: str, part: Path) -> None:
-        await p.send(writer, p.FetchBundle(sha))
-        header = await self._read(reader)
-        if not isinstance(header, p.Bundle) or header.sha256 != sha:
-            self._closing(header)
-            raise ProtocolError("expected the bundle that was asked for")
-        with open(part, "wb") as f:
-            async for chunk in p.read_payload(reader, header.size):
-                f.write(chunk)
 
     async def _build(self, archive: Path, sha: str, command: str, dest: Path) -> None:
         """Unpack into a fresh directory under the work root, build there as a model runs,
@@ -342,14 +495,31 @@ class Agent:
 
 def _sendable(result: p.Result) -> p.Result:
     """The result, or, when the wire cannot carry it (NaN, a lone surrogate, a frame above the
-    limit once encoded), an error result saying why: the citizen goes on either way."""
+    limit once encoded, alone or in a ``results`` frame), an error result saying why: the
+    citizen goes on either way."""
     try:
         p.encode(result)
+        p.encode(p.Results([result]))  # a few bytes longer
         return result
     except ProtocolError as exc:
         return p.Result(result.replica_id, result.exit_code,
                         error=f"output cannot be sent: {exc}",
                         stderr_tail=result.stderr_tail, elapsed=result.elapsed)
+
+
+def _batches(results: list[p.Result]) -> list[list[p.Result]]:
+    """The results cut into ``results`` frames that fit the frame limit (a result's own frame
+    is longer than its share of a batch, so their sum bounds a batch's size)."""
+    batches: list[list[p.Result]] = [[]]
+    size = 0
+    for result in results:
+        length = len(p.encode(result))
+        if batches[-1] and size + length > p.MAX_FRAME - 64:
+            batches.append([])
+            size = 0
+        batches[-1].append(result)
+        size += length
+    return batches
 
 
 def _remove_stale_work(sandbox: Sandbox) -> None:
