@@ -83,8 +83,17 @@ class Connection:
     gone: bool = False
     hello: int = 0  # the citizen's hello count at this connection's hello
 
+    # Frames from concurrent tasks (duties, acks, a bundle's header and payload) never mix:
+    # each frame is written whole, and a bundle's payload follows its header under this lock.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+
     async def send(self, message: p.Message) -> None:
-        await p.send(self.writer, message)
+        await self.write(p.encode(message))
+
+    async def write(self, frame: bytes) -> None:
+        async with self.sending:
+            self.writer.write(frame)
+            await self.writer.drain()
 
 
 def _fit(assignments: list[p.Assignment], max_frame: int
@@ -348,9 +357,10 @@ class Server:
             async with self.pool.connection() as db:
                 if conn.leased and not (conn.keep_leases or self.draining.is_set()):
                     blameless = conn.said_bye or conn.refused
+                    # A replica it never started (one leased ahead) costs its duty nothing.
                     lost = await work.release(
                         db, ids=sorted(conn.leased), citizen_id=conn.citizen_id,
-                        hello=conn.hello, failure=not blameless,
+                        hello=conn.hello, failure=not blameless, unstarted=False,
                         error=("citizen stopped" if conn.said_bye else "volunteer removed"
                                if conn.refused else "citizen disconnected"))
                     if lost:
@@ -399,8 +409,7 @@ class Server:
                 for a in sent:
                     log.debug("leased duty %d (replica %d, %s v%d) to %s", a.duty_id,
                               a.replica_id, a.model, a.model_version, conn.name)
-            conn.writer.write(frame)
-            await conn.writer.drain()
+            await conn.write(frame)
 
     async def _failed(self, conn: Connection, exc: Exception) -> None:
         """A request of this connection failed on the server's side (the database, mostly):
@@ -436,10 +445,11 @@ class Server:
         if found is None:
             raise ProtocolError(f"no bundle {message.sha256[:64]!r}")
         size, chunks = found
-        await conn.send(p.Bundle(message.sha256, size))
-        async for chunk in chunks:
-            conn.writer.write(chunk)
-            await conn.writer.drain()
+        async with conn.sending:  # nothing else may come between the header and the payload
+            conn.writer.write(p.encode(p.Bundle(message.sha256, size)))
+            async for chunk in chunks:
+                conn.writer.write(chunk)
+                await conn.writer.drain()
         log.info("sent bundle %s (%d bytes) to %s", message.sha256[:12], size, conn.name)
         return True
 

@@ -136,19 +136,20 @@ async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]],
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
                   overdue: bool = False, citizen_id: str | None = None,
                   keep: Sequence[int] | None = None, failure: bool = True,
-                  hello: int | None = None) -> int:
+                  unstarted: bool = True, hello: int | None = None) -> int:
     """Give up leased replicas so others lease them again; returns how many.
 
     Which: those in ``ids`` (only the citizen's, when ``citizen_id`` is given; with ``hello``,
     only while that is the citizen's latest hello: a newer connection holds them), those past their
     deadline (``overdue``), or, when ``keep`` is given, all of ``citizen_id``'s but those.
     Each counts as a failure of its duty when ``failure`` (a citizen that vanished); one past
-    its deadline only if it had started (an unstarted one merely missed its start window).
+    its deadline, or any when not ``unstarted``, only if it had started (an unstarted one never
+    ran the model: one leased ahead, or one that merely missed its start window).
     """
     row = await (await conn.execute(q("release_replicas"), {
         "ids": list(ids), "overdue": overdue, "citizen_id": citizen_id,
         "all_but": keep is not None, "keep": list(keep or ()), "failure": failure,
-        "error": error, "hello": hello})).fetchone()
+        "error": error, "hello": hello, "unstarted": unstarted})).fetchone()
     released = row[0] if row else 0
     if released:
         await announce_work(conn)

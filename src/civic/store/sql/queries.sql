@@ -434,12 +434,14 @@ WHERE id = ANY(%(duty_ids)s::bigint[]);
 -- Give up leased replicas — by id (not when %(hello)s is given and the citizen said hello
 -- again since), past their deadline, or a citizen's except those it still holds — so their
 -- slots are leased again, all in one statement. A replica lost for a reason
--- that is its citizen's doing (%(failure)s; past its deadline: only once started) is charged
--- to its duty as a failure, and the duty fails once max_attempts failures add up.
+-- that is its citizen's doing (%(failure)s; past its deadline, or when not %(unstarted)s: only
+-- once started) is charged to its duty as a failure, and the duty fails once max_attempts
+-- failures add up.
 WITH lost AS (
     UPDATE replicas r
     SET state = 'expired', deadline = least(r.deadline, now()),
-        charged = CASE WHEN %(overdue)s THEN r.started_at IS NOT NULL ELSE %(failure)s END,
+        charged = CASE WHEN %(overdue)s OR NOT %(unstarted)s THEN r.started_at IS NOT NULL
+                       ELSE %(failure)s END,
         error = CASE WHEN %(overdue)s AND r.started_at IS NULL
                      THEN 'not started within its start window' ELSE %(error)s END
     WHERE r.state = 'leased'
