@@ -8,6 +8,8 @@ store refused alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import json
 
 import pytest
@@ -214,3 +216,36 @@ def test_one_lease_batch_keeps_the_distinct_fit_and_cap_rules_between_its_reques
     assert all(n == hosts <= 2 for _, n, hosts in rows)
     slots = h.fetch(database_url, "SELECT sum(2 - open_slots) FROM duties")
     assert slots == [(12,)]  # open slots went down by exactly what was leased
+
+
+def test_a_bundle_arrives_whole_while_duties_are_answered_beside_it(database_url, model_copy,
+                                                                    h):
+    """A pipelined citizen asks for more duties and for a bundle at once: the duty frame,
+    ready while the bundle's stream waits for the citizen to read, goes out before the
+    bundle's header or after its payload, never between its chunks."""
+    model = model_copy(files=["alphabet.c", "noise.bin"])
+    (model / "noise.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # several chunks, gzip-proof
+    catalog.add_model(database_url, model)
+    catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
+
+    async def scenario():
+        async with running_server(database_url) as server:
+            client = await Client.connect(server)
+            await client.hello("fetcher", features=[p.BATCHES])
+            (first,) = (await client.request(1)).assignments
+            await client.send(p.RequestDuty(1))  # answered by another task, any moment now
+            await client.send(p.FetchBundle(first.bundle_sha256))
+            await asyncio.sleep(0.5)  # not reading: the server's stream stalls mid-bundle
+            others = []
+            while not isinstance(header := await client.recv(), p.Bundle):
+                others.append(header)  # the duty, when it was sent before the bundle
+            payload = b"".join([chunk async for chunk in p.read_payload(client.reader,
+                                                                        header.size)])
+            others += [] if others else [await client.recv()]
+            await client.close()
+            return first, header, payload, others
+
+    first, header, payload, others = asyncio.run(scenario())
+    assert header.size == first.bundle_size
+    assert hashlib.sha256(payload).hexdigest() == first.bundle_sha256
+    assert [type(m) for m in others] == [p.Duty]
