@@ -59,7 +59,7 @@ class Sizes:
     p4: int  # records per P4 import
 
 
-FULL = Sizes(runs=3, citizens=64, p1=1500, p32=3000, limit=10.0, peer_jobs=4000, strace=300,
+FULL = Sizes(runs=3, citizens=64, p1=4000, p32=15000, limit=10.0, peer_jobs=4000, strace=300,
              p1e=400, p2=200, big=1_000_000, p4=300_000)
 QUICK = Sizes(runs=1, citizens=16, p1=150, p32=300, limit=5.0, peer_jobs=300, strace=0,
               p1e=40, p2=20, big=10_000, p4=10_000)

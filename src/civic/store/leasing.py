@@ -74,16 +74,19 @@ async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]],
     people, seen = conn.cursor(row_factory=dict_row), conn.cursor(row_factory=dict_row)
     await people.execute(q("lease_citizens"), {"ids": [c for c, _ in requests], "cap": cap})
     await seen.execute(q("lease_window"), {  # piped with the one above
-        "limit": wanted + SLACK, "pause": pause, "datasets": only})
+        "limit": wanted + SLACK, "pause": pause, "datasets": only, "ids": None})
     citizens = {row["id"]: _Citizen(**row) for row in await people.fetchall()}
     candidates = [_candidate(row) for row in await seen.fetchall()]
     whole = len(candidates) < wanted + SLACK  # every waiting duty was in the window
     chosen = sorted({duty for _, duty, _ in _match(requests, citizens, candidates)[0]})
     locked = []
     if chosen:  # lock only those (others' batches take the rest), and decide again on them
-        cursor = conn.cursor(row_factory=dict_row)
-        await cursor.execute(q("lease_lock"), {"ids": chosen, "pause": pause})
-        locked = [_candidate(row) for row in await cursor.fetchall()]
+        lock, again = conn.cursor(), conn.cursor(row_factory=dict_row)
+        await lock.execute(q("lease_lock"), {"ids": chosen})
+        await again.execute(q("lease_window"), {  # piped: it runs once the locks are taken
+            "limit": len(chosen), "pause": pause, "datasets": only, "ids": chosen})
+        mine = {duty_id for (duty_id,) in await lock.fetchall()}
+        locked = [_candidate(row) for row in await again.fetchall() if row["id"] in mine]
     taken, unmet = _match(requests, citizens, locked)
     if whole and len(locked) == len(chosen):
         unmet = []  # nothing else is waiting: no need to look further

@@ -205,13 +205,14 @@ WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
   AND (c.cooldown_until IS NULL OR c.cooldown_until <= now());
 
 -- name: lease_window
--- The first %(limit)s duties waiting for a replica (read, not locked), with what their model
--- needs, the sources of their replicas that count, and the citizens that failed them within
--- %(pause)s seconds: what a batch of requests is matched against.
+-- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given), with what
+-- their model needs, the sources of their replicas that count, and the citizens that failed
+-- them within %(pause)s seconds: what a batch of requests is matched against.
 WITH c AS (
     SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
     WHERE u.state = 'pending' AND u.open_slots > 0
       AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+      AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
     ORDER BY u.id
     LIMIT %(limit)s
 )
@@ -239,36 +240,9 @@ CROSS JOIN LATERAL (  -- aggregated per duty: read through replicas_by_duty, nev
 ORDER BY c.id;
 
 -- name: lease_lock
--- The same for the duties a batch chose, locked for this transaction (SKIP LOCKED: those
--- another server's batch holds are left to it) and read again now that they cannot change.
-WITH c AS (
-    SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
-    WHERE u.id = ANY(%(ids)s::bigint[]) AND u.state = 'pending' AND u.open_slots > 0
-    ORDER BY u.id
-    FOR UPDATE SKIP LOCKED
-)
-SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
-       r.citizens, r.hosts, r.volunteers, r.failed
-FROM c
-JOIN datasets ds ON ds.id = c.dataset_id
-JOIN models m ON m.id = c.model_id
-CROSS JOIN LATERAL (  -- aggregated per duty: read through replicas_by_duty, never a scan
-    SELECT coalesce(array_agg(r.citizen_id::text) FILTER (WHERE r.counts), '{}') AS citizens,
-           coalesce(array_agg(r.host) FILTER (WHERE r.counts), '{}') AS hosts,
-           coalesce(array_agg(r.volunteer_id) FILTER (WHERE r.counts
-                                                      AND r.volunteer_id IS NOT NULL), '{}')
-               AS volunteers,
-           coalesce(array_agg(r.citizen_id::text) FILTER (WHERE NOT r.counts), '{}') AS failed
-    FROM (SELECT r.citizen_id, r.host, r.volunteer_id,
-                 r.state IN ('leased', 'returned', 'valid') AS counts
-          FROM replicas r
-          WHERE r.duty_id = c.id
-            AND (r.state IN ('leased', 'returned', 'valid')
-                 OR (r.state IN ('error', 'expired')
-                     AND coalesce(r.returned_at, r.deadline)
-                         > now() - make_interval(secs => %(pause)s)))) r
-) r
-ORDER BY c.id;
+-- Lock the duties a batch chose for this transaction, skipping those another server's batch
+-- holds (SKIP LOCKED: left to it); lease_window then reads them again under the lock.
+SELECT id FROM duties WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED;
 
 -- name: lease_replicas
 -- One replica per (duty, citizen) pair, each to be started within %(window)s seconds; the
