@@ -638,6 +638,18 @@ def snapshot(cluster: Cluster, dataset: int) -> tuple[dict[int, Any], dict[int, 
     return duties, replicas
 
 
+def assert_unchanged_since(cluster: Cluster, dataset: int,
+                           before: tuple[dict[int, Any], dict[int, Any]]) -> None:
+    """Every result accepted when ``before`` was taken (a ``snapshot``) is still there,
+    unchanged: nothing a crash or a restart touched was lost or judged again."""
+    before_duties, before_replicas = before
+    after_duties, after_replicas = snapshot(cluster, dataset)
+    changed = [d for d, v in before_duties.items() if after_duties.get(d) != v]
+    assert not changed, f"{len(changed)} canonical results changed, e.g. duty {changed[:5]}"
+    gone = [r for r, v in before_replicas.items() if after_replicas.get(r) != v]
+    assert not gone, f"{len(gone)} judged replicas changed or vanished, e.g. {gone[:5]}"
+
+
 def with_marker(marker: str) -> list[int]:
     """Processes whose command line holds ``marker``."""
     return processes(lambda pid: marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes())

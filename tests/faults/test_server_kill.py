@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from faultkit import Cluster, numbers, snapshot, square_model, wait_until
+from faultkit import Cluster, assert_unchanged_since, numbers, snapshot, square_model, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -32,8 +32,8 @@ def test_server_sigkill_mid_run_loses_and_duplicates_nothing(cluster: Cluster,
                "a third of the duties to be done", 0.1)
     cluster.server.kill()  # SIGKILL: no drain, no goodbye, transactions in flight abort
     killed = time.monotonic()
-    before_duties, before_replicas = snapshot(cluster, ds)
-    figures["done_at_kill"] = len(before_duties)
+    before = snapshot(cluster, ds)
+    figures["done_at_kill"] = len(before[0])
     figures["leased_at_kill"] = cluster.sql(
         "SELECT count(*) AS n FROM replicas WHERE state = 'leased'")[0]["n"]
     assert spawn.alive, "the citizens must outlive the server"
@@ -60,12 +60,7 @@ def test_server_sigkill_mid_run_loses_and_duplicates_nothing(cluster: Cluster,
     assert final == {"total": DUTIES, "pending": 0, "done": DUTIES, "failed": 0,
                      "inconclusive": 0}, final
 
-    # every result accepted before the kill is still there, unchanged
-    after_duties, after_replicas = snapshot(cluster, ds)
-    changed = [d for d, v in before_duties.items() if after_duties.get(d) != v]
-    assert not changed, f"{len(changed)} canonical results changed, e.g. duty {changed[:5]}"
-    gone = [r for r, v in before_replicas.items() if after_replicas.get(r) != v]
-    assert not gone, f"{len(gone)} judged replicas changed or vanished, e.g. {gone[:5]}"
+    assert_unchanged_since(cluster, ds, before)  # every result accepted before the kill
 
     # zero duplicated: one canonical replica per duty, valid, of that duty; never too many
     rows = cluster.sql("""
