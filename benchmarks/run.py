@@ -317,10 +317,14 @@ class Bench:
         for round_ in range(self.sizes.runs):
             civic = self.citizens_run(model, self.sizes.p2, f"p2-{round_}", prefetch=1)
             self.add(("P2", "civic"), self.sizes.p2 / civic)
-            started = time.perf_counter()
-            with multiprocessing.Pool(2) as pool:
+            # spawn, not fork: this process has threads (psycopg's COPY writer), and a pool
+            # forked from it hung once on a lock a thread held.
+            started = time.perf_counter()  # from starting the workers, as for the citizens
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
                 pool.map(_run_binary, jobs, chunksize=1)
-            pooled = time.perf_counter() - started
+                pooled = time.perf_counter() - started
+                pool.close()
+                pool.join()
             self.add(("P2", "pool"), self.sizes.p2 / pooled)
             self.log(f"P2: civic {civic:.2f}s, Pool(2) {pooled:.2f}s for {self.sizes.p2} duties")
 
