@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -119,8 +120,7 @@ class Scheduler:
     def release_parked(self) -> None:
         """Answer every parked request now, with nothing (the server is stopping)."""
         for request in self._parked:
-            if not request.future.done():
-                request.future.set_result([])
+            _resolve(request.future, [])
         self._parked.clear()
 
     # --- the batch loop -----------------------------------------------------------------
@@ -132,7 +132,8 @@ class Scheduler:
         again = [r for r in self._parked if not expired_only or r.until <= now]
         for request in again:
             request.parks = request.parks and request.until > now  # the last try answers
-        self._parked = [r for r in self._parked if r not in again]
+        retried = set(map(id, again))
+        self._parked = [r for r in self._parked if id(r) not in retried]
         self._requests += again
         if again:
             self._ready.set()
@@ -172,7 +173,7 @@ class Scheduler:
         except psycopg.DataError as exc:
             if len(batch.results) <= 1:
                 for _, _, future in batch.results:
-                    future.set_result((False, f"result cannot be stored: {exc}"))
+                    _resolve(future, (False, f"result cannot be stored: {exc}"))
                 if batch.requests or batch.started:
                     await self._run(_Batch([], batch.requests, batch.started, batch.sighted))
                 return
@@ -181,10 +182,9 @@ class Scheduler:
             await self._run(_Batch([], batch.requests, batch.started, batch.sighted))
             return
         except Exception as exc:  # the database is away: every session says so to its citizen
-            for _, _, future in batch.results:
-                future.set_exception(exc)
-            for request in batch.requests:
-                request.future.set_exception(exc)
+            for future in [f for _, _, f in batch.results] + [r.future for r in batch.requests]:
+                if not future.done():  # (its session may be gone)
+                    future.set_exception(exc)
             return
         self._answer(batch, outcome, leases)
 
@@ -219,14 +219,14 @@ class Scheduler:
                 leases: list[list[Assignment]]) -> None:
         for (_, result, future), answer in zip(batch.results, outcome.answers):
             log.debug("result for replica %d: %s", result.replica_id, answer[1])
-            future.set_result(answer)
+            _resolve(future, answer)
         for name in outcome.rested:
             log.info("citizen %s rests %.0fs (keeps failing or disagreeing)", name,
                      self.policy.cooldown)
         loop = asyncio.get_running_loop()
         for request, assignments in zip(batch.requests, leases):
             if assignments or not request.parks:
-                request.future.set_result(assignments)
+                _resolve(request.future, assignments)
             elif not request.future.done():
                 request.until = request.until or loop.time() + self.policy.park
                 self._parked.append(request)
@@ -256,3 +256,8 @@ class Scheduler:
                 log.debug("listening for work announcements: %s; again in 5s", exc)
             await asyncio.sleep(5)
 
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    """Answer a session's future, unless its session gave up waiting (a cancelled task)."""
+    if not future.done():
+        future.set_result(value)
