@@ -237,7 +237,7 @@ class Scheduler:
 
     def _summarise(self) -> None:
         counts, self.counts = self.counts, collections.Counter()
-        if counts["batches"]:
+        if counts["results"] or counts["leased"]:  # an idle server says nothing
             log.info("last %.0fs: %d result(s), %d duty(ies) done, %d replica(s) leased, "
                      "in %d batch(es); %d request(s) parked", SUMMARY_EVERY, counts["results"],
                      counts["settled"], counts["leased"], counts["batches"], len(self._parked))
