@@ -249,3 +249,29 @@ def test_a_bundle_arrives_whole_while_duties_are_answered_beside_it(database_url
     assert header.size == first.bundle_size
     assert hashlib.sha256(payload).hexdigest() == first.bundle_sha256
     assert [type(m) for m in others] == [p.Duty]
+
+
+def test_a_parked_request_of_a_connection_that_ended_leases_nothing(database_url, h):
+    """A citizen parks a request and leaves; work then arrives: nothing is leased for it (no
+    replica given back as "left before receiving it"), and the work goes to the next one."""
+    catalog.add_model(database_url, h.ALPHABET)
+
+    async def scenario():
+        async with running_server(database_url, park=120.0) as server:
+            gone = await Client.connect(server)
+            await gone.hello("gone", features=[p.BATCHES])
+            await gone.send(p.RequestDuty(1))
+            await asyncio.sleep(0.5)  # parked
+            await gone.close()
+            await asyncio.sleep(0.5)  # its end is seen
+            await asyncio.to_thread(catalog.import_dataset, database_url, "alphabet",
+                                    h.ALPHABET / "letters.csv")
+            await asyncio.sleep(1.0)  # the import's announcement woke the parked requests
+            later = await Client.connect(server)
+            await later.hello("later", features=[p.BATCHES])
+            got = await later.request(1)
+            await later.close()
+            return got
+
+    assert isinstance(asyncio.run(scenario()), p.Duty)
+    assert h.fetch(database_url, "SELECT count(*) FROM replicas WHERE state <> 'leased'") == [(0,)]

@@ -104,6 +104,16 @@ class Scheduler:
         self._ready.set()
         return request.future
 
+    def withdraw(self, future: asyncio.Future[list[Assignment]]) -> None:
+        """The request of this future is not to be leased for any more (its connection ended):
+        if it waits, parked or queued, it is answered with nothing now; one in the batch running
+        may still lease, and its session gives that back."""
+        for request in self._parked + self._requests:
+            if request.future is future:
+                request.count = 0
+                _resolve(future, [])
+        self._parked = [r for r in self._parked if r.count]
+
     def beat(self, citizen_id: str, running: int | None) -> None:
         """A heartbeat: the citizen is alive, and has started ``running`` (its deadline moves
         to the model's timeout from now)."""
@@ -159,6 +169,7 @@ class Scheduler:
     def _take(self) -> _Batch:
         results, self._results = self._results[:MAX_RESULTS], self._results[MAX_RESULTS:]
         requests, self._requests = self._requests[:MAX_REQUESTS], self._requests[MAX_REQUESTS:]
+        requests = [r for r in requests if r.count]  # withdrawn ones were answered already
         if self._results or self._requests:
             self._ready.set()  # more than one batch's worth: go on at once
         batch = _Batch(results, requests, self._started, self._sighted)

@@ -78,7 +78,7 @@ class Connection:
     keep_leases: bool = False  # gone through no fault of its own: its leases stay
     refused: bool = False  # its volunteer was removed
     batches: bool = False  # speaks the "batches" feature: results frames, parked requests
-    asking: bool = False  # a duty request is being answered
+    asking: asyncio.Future[list[p.Assignment]] | None = None  # the duty request being answered
     storing: set[asyncio.Task[None]] = field(default_factory=set)  # results being stored
     gone: bool = False
     hello: int = 0  # the citizen's hello count at this connection's hello
@@ -291,6 +291,8 @@ class Server:
             if not conn.greeted:
                 self._handshook(address)
             conn.gone = True
+            if conn.asking is not None:  # a parked request must not lease for it any more
+                self.scheduler.withdraw(conn.asking)
             writer.close()
             await self._forget(conn)
             self.connections.discard(conn)  # only now: stop() waits for the release above
@@ -374,19 +376,21 @@ class Server:
         if self.draining.is_set():
             await conn.send(p.Bye("server stopping"))
             return False
-        if not conn.asking:  # one request at a time: a repeated one is answered by the first
-            conn.asking = True
-            self._spawn(self._answer(conn, max(1, min(message.count, self.options.max_prefetch))))
+        if conn.asking is None:  # one request at a time: a repeated one is answered by the first
+            conn.asking = self.scheduler.lease(conn.citizen_id, max(1, min(
+                message.count, self.options.max_prefetch)), parks=conn.batches)
+            self._spawn(self._answer(conn, conn.asking))
         return True
 
-    async def _answer(self, conn: Connection, count: int) -> None:
-        """Lease (through the scheduler) and send the duties, while the session reads on."""
+    async def _answer(self, conn: Connection, request: asyncio.Future[list[p.Assignment]]
+                      ) -> None:
+        """Send the duties the scheduler leased for a request, while the session reads on."""
         try:
-            assignments = await self.scheduler.lease(conn.citizen_id, count, parks=conn.batches)
+            assignments = await request
         except Exception as exc:
             return await self._failed(conn, exc)
         finally:
-            conn.asking = False
+            conn.asking = None
         if conn.gone:  # leased after it left: nobody will compute them
             if assignments:
                 async with self.pool.connection() as db:
