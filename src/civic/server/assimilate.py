@@ -179,6 +179,7 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
         tallies[row["duty_id"]].append((row["digest"], row["votes"], row["first_replica"]))
         groups[row["duty_id"], row["digest"]] = row["replicas"]
     settle: list[int] = []
+    canonical: list[int] = []  # the replica whose output each settled duty keeps
     valid: list[int] = []  # replicas that agree with their duty's canonical result
     invalid: list[int] = []
     more: dict[int, int] = {}
@@ -193,6 +194,7 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
                                 max_replicas=row["max_replicas"])
         if verdict.action == "settle":
             settle.append(duty_id)
+            canonical.append(verdict.replica_id)  # type: ignore[arg-type]
             for digest, _, _ in tallies[duty_id]:
                 (valid if digest == verdict.digest else invalid).extend(groups[duty_id, digest])
             verdicts[duty_id] = f"duty {duty_id} done"
@@ -204,8 +206,9 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
             verdicts[duty_id] = f"duty {duty_id} inconclusive"
     if settle:
         rested = await (await conn.execute(q("settle_duties"), {
-            "duty_ids": settle, "valid": valid, "invalid": invalid, "seconds": cooldown,
-            "window": COOLDOWN_WINDOW, "threshold": COOLDOWN_THRESHOLD})).fetchall()
+            "duty_ids": settle, "canonical": canonical, "valid": valid, "invalid": invalid,
+            "seconds": cooldown, "window": COOLDOWN_WINDOW,
+            "threshold": COOLDOWN_THRESHOLD})).fetchall()
         outcome.settled += len(settle)
         outcome.rested += [name for (name,) in rested]
         for duty_id in settle:

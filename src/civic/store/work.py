@@ -124,7 +124,7 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int, **options: A
 async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
                      window: float = 60.0, cap: int = 32, pause: float = 15.0,
                      datasets: Sequence[int] | None = None) -> list[list[Assignment]]:
-    """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in two round trips:
+    """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in three round trips:
     each citizen holds at most ``cap`` in all, each replica is to be started within ``window``
     seconds, a duty a citizen failed comes back to it after ``pause`` seconds, and ``datasets``
     restricts leasing to those datasets (None: any)."""

@@ -340,16 +340,14 @@ WHERE u.id = ANY(%(duty_ids)s::bigint[])
 GROUP BY u.id, ds.id;
 
 -- name: settle_duties
--- Give duties their canonical results — that of the first replica that agrees (%(valid)s are
--- those that agree, %(invalid)s those that do not; all by id, so that every table is read
--- through its index) — and judge the returned replicas. Each citizen's reputation is a running
+-- Give duties their canonical results — the outputs of replicas %(canonical)s, one per duty —
+-- and judge the returned replicas (%(valid)s agree, %(invalid)s do not; all by id, so that
+-- every table is read through its index). Each citizen's reputation is a running
 -- record of its last %(window)s judgements (g: agreed, b: disagreed, or failed a duty others
 -- computed), never recomputed from history. Citizens with %(threshold)s bad ones in it rest
 -- for %(seconds)s seconds: they lease nothing until then.
 WITH canonical AS (
-    SELECT DISTINCT ON (r.duty_id) r.id, r.duty_id, r.output FROM replicas r
-    WHERE r.id = ANY(%(valid)s::bigint[])
-    ORDER BY r.duty_id, r.id
+    SELECT r.id, r.duty_id, r.output FROM replicas r WHERE r.id = ANY(%(canonical)s::bigint[])
 ), duty AS (
     UPDATE duties u
     SET state = 'done', canonical = c.output, canonical_replica_id = c.id, open_slots = 0,
