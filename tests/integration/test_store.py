@@ -44,14 +44,14 @@ def test_migrated_schema_has_tables_and_enums(database_url, h):
     tables = {row[0] for row in h.fetch(
         database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"civic_migrations", "bundles", "models", "datasets", "duties", "citizens",
-            "replicas", "volunteers"} <= tables
+            "replicas", "volunteers", "servers", "audit", "events"} <= tables
 
     def labels(enum: str) -> list[str]:
         return [row[0] for row in h.fetch(
             database_url, "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid"
                           " WHERE t.typname = %s ORDER BY e.enumsortorder", (enum,))]
 
-    assert labels("duty_state") == ["pending", "done", "inconclusive", "failed"]
+    assert labels("duty_state") == ["pending", "done", "inconclusive", "failed", "cancelled"]
     assert labels("replica_state") == ["leased", "returned", "valid", "invalid", "error", "expired",
                                        "late"]
     assert migrate(database_url) == []  # the per-test copy is already up to date

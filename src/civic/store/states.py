@@ -17,6 +17,7 @@ class DutyState(StrEnum):
     DONE = "done"  # its quorum agreed: it has a canonical result
     INCONCLUSIVE = "inconclusive"  # max_replicas results and no quorum
     FAILED = "failed"  # max_attempts failed replicas, or failed by the operator
+    CANCELLED = "cancelled"  # given up by the operator: finished without a result
 
 
 class ReplicaState(StrEnum):
