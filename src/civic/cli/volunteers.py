@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from civic.cli.context import Context
-from civic.store import catalog
+from civic.cli.citizens import JSON, REASON, _blocked
+from civic.store import catalog, people
 
 app = typer.Typer(no_args_is_help=True, help="Add, list and remove volunteers and their join "
                                              "tokens.")
@@ -63,3 +64,19 @@ def _ago(now: datetime, when: datetime) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
+
+
+@app.command("block")
+def block(ctx: typer.Context, name: NAME, reason: REASON = None, json: JSON = False) -> None:
+    """Block a volunteer: every citizen of theirs, on every server, leases nothing from the
+    moment this commits, is dropped at once telling it why, and is refused when it comes back
+    (new ones too); what they held goes to other citizens, charged to no duty."""
+    c: Context = ctx.obj
+    _blocked(c, people.block_volunteer(c.database_url(), name, reason), json)
+
+
+@app.command("unblock")
+def unblock(ctx: typer.Context, name: NAME, json: JSON = False) -> None:
+    """Let a blocked volunteer's citizens work again."""
+    c: Context = ctx.obj
+    _blocked(c, people.unblock_volunteer(c.database_url(), name), json)
