@@ -61,6 +61,9 @@ def test_block_and_unblock_a_citizen_and_a_volunteer(civic: Civic) -> None:
     assert civic("volunteer", "add", "vera").returncode == 0
     vera = civic.json("volunteer", "block", "vera", "--reason", "asked to leave")
     assert vera["kind"] == "volunteer" and vera["blocked"] and vera["citizens"] == 0
+    listed = {v["name"]: v for v in civic.json("volunteer", "list")}
+    assert listed["vera"]["blocked"] and listed["vera"]["blocked_reason"] == "asked to leave"
+    assert not listed["lab"]["blocked"]
     done = civic("volunteer", "block", "vera")
     assert done.returncode == 0 and "already" in done.stderr
     done = civic("volunteer", "unblock", "vera")

@@ -7,6 +7,7 @@ result alone. Citizens that join with the server-wide join token belong to the v
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -36,17 +37,24 @@ def add(ctx: typer.Context, name: NAME) -> None:
 def list_(ctx: typer.Context,
           json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
           ) -> None:
-    """List volunteers: their citizens, those connected now, their results, removed or not."""
+    """List volunteers: their citizens, those connected now, their results, removed or
+    blocked."""
     c: Context = ctx.obj
-    rows = catalog.list_volunteers(c.database_url())
+    url = c.database_url()
+    rows = catalog.list_volunteers(url)
+    blocked = people.blocked_volunteers(url)
     now = datetime.now(timezone.utc)
     c.listing(rows, json=json, empty="no volunteers",
+              as_json=[{**asdict(r), "blocked": r.name in blocked,
+                        "blocked_at": blocked.get(r.name, (None, None))[0],
+                        "blocked_reason": blocked.get(r.name, (None, None))[1]} for r in rows],
               columns=("volunteer", "created", "citizens", "connected", "valid", "invalid",
-                       "errors", "removed"),
+                       "errors", "removed", "blocked"),
               cells=lambda r: [r.name, _ago(now, r.created_at),
                                *map(str, (r.citizens, r.connected, r.valid, r.invalid,
                                           r.errors)),
-                               _ago(now, r.removed_at) if r.removed else "-"])
+                               _ago(now, r.removed_at) if r.removed else "-",
+                               (blocked[r.name][1] or "yes") if r.name in blocked else "-"])
 
 
 @app.command("remove")

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from civic.errors import NotFound, UsageError
 from civic.store import audit
-from civic.store.db import transaction
+from civic.store.db import connect, transaction
 from civic.store.queries import q
 
 REASON_MAX = 500
@@ -95,6 +95,13 @@ def unblock_citizen(url: str, who: str) -> Blocked:
         audit.record(conn, "citizen unblock", f"citizen {row['name']}", {"id": row["id"]})
     return Blocked("citizen", row["name"], row["id"], False, row["blocked_at"] is not None,
                    None, None, 1, 0)
+
+
+def blocked_volunteers(url: str) -> dict[str, tuple[datetime, str | None]]:
+    """The blocked volunteers: name → (since, reason)."""
+    with connect(url) as conn:
+        return {name: (at, reason) for name, at, reason in
+                conn.execute(q("blocked_volunteers")).fetchall()}
 
 
 def _volunteer(conn: Any, name: str) -> dict[str, Any]:

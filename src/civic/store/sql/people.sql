@@ -42,3 +42,6 @@ SELECT id::text FROM citizens WHERE volunteer_id = %(id)s ORDER BY id;
 
 -- name: volunteer_blocked
 SELECT blocked_at IS NOT NULL, blocked_reason FROM volunteers WHERE id = %(id)s;
+
+-- name: blocked_volunteers
+SELECT name, blocked_at, blocked_reason FROM volunteers WHERE blocked_at IS NOT NULL;
