@@ -307,3 +307,46 @@ def test_leasing_itself_honours_a_block_or_a_drain_committed_before_it(alphabet,
             assert len(await h.lease(pool, other, 1)) == 1
 
     asyncio.run(scenario())
+
+
+def test_log_lines_are_dropped_and_counted_while_the_database_is_away_or_the_queue_full(
+        database_url, monkeypatch, h):
+    from civic.server import events
+
+    monkeypatch.setattr(events, "QUEUE", 3)
+    handler = events.EventLog()
+    record = lambda n: logging.LogRecord("civic.server", logging.INFO, __file__, 1,  # noqa: E731
+                                         "line %d", (n,), None)
+    server_id = "00000000-0000-4000-8000-000000000002"
+
+    async def scenario():
+        for n in range(5):  # two more than the queue holds
+            handler.emit(record(n))
+        async with h.open_pool("postgresql://127.0.0.1:1/nothing?connect_timeout=1") as away:
+            await handler.write_now(away, server_id)  # the database is away: all 3 lost
+        handler.emit(record(5))
+        async with h.open_pool(database_url) as pool:
+            await handler.write_now(pool, server_id)
+
+    # (a pool that cannot connect: opened without waiting for it)
+    monkeypatch.setattr(h, "open_pool", _lazy_pool)
+    asyncio.run(scenario())
+    rows = h.fetch(database_url, "SELECT level, message FROM events ORDER BY id")
+    assert rows == [("INFO", "line 5"), ("WARNING", "5 log line(s) not kept (the database was "
+                                                     "unavailable or the queue full)")]
+
+
+def _lazy_pool(url: str):
+    import contextlib
+
+    from psycopg_pool import AsyncConnectionPool
+
+    @contextlib.asynccontextmanager
+    async def pool():
+        p = AsyncConnectionPool(url, min_size=0, max_size=1, open=False)
+        await p.open(wait=False)
+        try:
+            yield p
+        finally:
+            await p.close()
+    return pool()

@@ -61,12 +61,12 @@ class EventLog(logging.Handler):
         return lines, dropped
 
     async def write(self, pool: AsyncConnectionPool, server_id: str) -> None:
-        """Write what queued once a second at most, until cancelled (``flush`` writes the rest)."""
+        """Write what queued once a second at most, until cancelled (then ``write_now``)."""
         while True:
             await asyncio.sleep(EVERY)
             self._lost = await self._flush(pool, server_id, self._lost)
 
-    async def flush(self, pool: AsyncConnectionPool, server_id: str) -> None:
+    async def write_now(self, pool: AsyncConnectionPool, server_id: str) -> None:
         """Write what queued now (the server stops)."""
         self._lost = await self._flush(pool, server_id, self._lost)
 

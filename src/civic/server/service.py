@@ -252,7 +252,7 @@ class Server:
             if self._writer is not None:
                 self._writer.cancel()
                 await asyncio.gather(self._writer, return_exceptions=True)
-            await self.events.flush(self.pool, self.id)
+            await self.events.write_now(self.pool, self.id)
         await self.pool.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:

@@ -8,18 +8,21 @@ server holding each one's connection drops it at once, saying why (NOTIFY civic_
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import errors
 from psycopg.rows import dict_row
 
-from civic.errors import NotFound, UsageError
+from civic.errors import NotFound, StoreError, UsageError
 from civic.store import audit
 from civic.store.db import connect, transaction
 from civic.store.queries import q
 
 REASON_MAX = 500
+RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def _citizen(conn: Any, who: str) -> dict[str, Any]:
 
 def _release(conn: Any, citizen_ids: list[str], error: str) -> int:
     """Give back what these citizens hold, charging no duty (a block is no failure of its)."""
+    conn.execute(q("lock_held"), {"ids": citizen_ids})
     released = 0
     for citizen_id in citizen_ids:
         row = conn.execute(q("release_replicas"), {
@@ -71,9 +75,25 @@ def _release(conn: Any, citizen_ids: list[str], error: str) -> int:
     return released
 
 
+def _retried(operation: Callable[[], Blocked]) -> Blocked:
+    """Run a block again when it deadlocked with a server's batch after all (rare)."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return operation()
+        except StoreError as exc:
+            if attempt == RETRIES or not isinstance(
+                    exc.__cause__, (errors.DeadlockDetected, errors.SerializationFailure)):
+                raise
+    raise AssertionError("unreachable")
+
+
 def block_citizen(url: str, who: str, reason: str | None = None) -> Blocked:
     """Block a citizen by name or id; what it holds goes to others."""
     reason = _reason(reason)
+    return _retried(lambda: _block_citizen(url, who, reason))
+
+
+def _block_citizen(url: str, who: str, reason: str | None) -> Blocked:
     with transaction(url) as conn:
         conn.row_factory = dict_row
         row = _citizen(conn, who)
@@ -114,6 +134,10 @@ def _volunteer(conn: Any, name: str) -> dict[str, Any]:
 def block_volunteer(url: str, name: str, reason: str | None = None) -> Blocked:
     """Block a volunteer: every citizen of theirs, connected or not, now or later."""
     reason = _reason(reason)
+    return _retried(lambda: _block_volunteer(url, name, reason))
+
+
+def _block_volunteer(url: str, name: str, reason: str | None) -> Blocked:
     with transaction(url) as conn:
         conn.row_factory = dict_row
         row = _volunteer(conn, name)

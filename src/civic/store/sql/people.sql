@@ -45,3 +45,11 @@ SELECT blocked_at IS NOT NULL, blocked_reason FROM volunteers WHERE id = %(id)s;
 
 -- name: blocked_volunteers
 SELECT name, blocked_at, blocked_reason FROM volunteers WHERE blocked_at IS NOT NULL;
+
+-- name: lock_held
+-- The replicas these citizens hold and their duties, locked in duty order as a server's batch
+-- locks them (lock_replicas), so that giving them back never deadlocks with one.
+SELECT r.id FROM replicas r JOIN duties u ON u.id = r.duty_id
+WHERE r.citizen_id = ANY(%(ids)s::uuid[]) AND r.state = 'leased'
+ORDER BY u.id, r.id
+FOR UPDATE OF r, u;
