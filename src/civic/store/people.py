@@ -34,7 +34,7 @@ class Blocked:
     id: str  # the citizen's uuid, or the volunteer's number
     blocked: bool  # blocked now
     changed: bool  # False: it was so already (a block changes the reason all the same)
-    reason: str | None
+    reason: str | None  # the reason now (a block without one keeps the earlier one)
     blocked_at: datetime | None
     citizens: int  # citizens concerned (1 for a citizen)
     released: int  # leases given back to other citizens
@@ -97,7 +97,7 @@ def _block_citizen(url: str, who: str, reason: str | None) -> Blocked:
     with transaction(url) as conn:
         conn.row_factory = dict_row
         row = _citizen(conn, who)
-        (at,) = conn.execute(q("block_citizen"), {"id": row["id"], "reason": reason}
+        at, reason = conn.execute(q("block_citizen"), {"id": row["id"], "reason": reason}
                              ).fetchone().values()
         released = _release(conn, [row["id"]], "citizen blocked")
         audit.record(conn, "citizen block", f"citizen {row['name']}",
@@ -141,7 +141,7 @@ def _block_volunteer(url: str, name: str, reason: str | None) -> Blocked:
     with transaction(url) as conn:
         conn.row_factory = dict_row
         row = _volunteer(conn, name)
-        (at,) = conn.execute(q("block_volunteer"), {"id": row["id"], "reason": reason}
+        at, reason = conn.execute(q("block_volunteer"), {"id": row["id"], "reason": reason}
                              ).fetchone().values()
         ids = [r["id"] for r in conn.execute(q("citizens_of_volunteer"), {"id": row["id"]})]
         released = _release(conn, ids, "volunteer blocked")

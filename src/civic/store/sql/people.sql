@@ -10,10 +10,11 @@ WHERE (%(id)s::uuid IS NOT NULL AND c.id = %(id)s::uuid) OR c.name = %(name)s
 ORDER BY c.created_at;
 
 -- name: block_citizen
--- Blocked since the first block; a second one only changes the reason.
-UPDATE citizens SET blocked_at = coalesce(blocked_at, now()), blocked_reason = %(reason)s
+-- Blocked since the first block; a second one only changes the reason (when it gives one).
+UPDATE citizens
+SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(%(reason)s, blocked_reason)
 WHERE id = %(id)s::uuid
-RETURNING blocked_at;
+RETURNING blocked_at, blocked_reason;
 
 -- name: unblock_citizen
 UPDATE citizens c SET blocked_at = NULL, blocked_reason = NULL
@@ -30,9 +31,10 @@ ORDER BY v.id
 LIMIT 1;
 
 -- name: block_volunteer
-UPDATE volunteers SET blocked_at = coalesce(blocked_at, now()), blocked_reason = %(reason)s
+UPDATE volunteers
+SET blocked_at = coalesce(blocked_at, now()), blocked_reason = coalesce(%(reason)s, blocked_reason)
 WHERE id = %(id)s
-RETURNING blocked_at;
+RETURNING blocked_at, blocked_reason;
 
 -- name: unblock_volunteer
 UPDATE volunteers SET blocked_at = NULL, blocked_reason = NULL WHERE id = %(id)s;
