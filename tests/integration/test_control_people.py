@@ -350,3 +350,23 @@ def _lazy_pool(url: str):
         finally:
             await p.close()
     return pool()
+
+
+def test_the_elected_reaper_trims_old_events_and_servers_long_gone(database_url, h):
+    url = database_url
+    h.execute(url, "INSERT INTO events (at, level, logger, message) SELECT now() - make_interval("
+                   "days => CASE WHEN n <= 3 THEN 8 ELSE 0 END), 'INFO', 'civic.server', 'line '"
+                   " || n FROM generate_series(1, 10) n")
+    h.execute(url, "INSERT INTO servers (id, address, hostname, pid, version, seen_at) VALUES"
+                   " ('00000000-0000-4000-8000-000000000003', 'a:1', 'h', 1, 'v',"
+                   " now() - interval '8 days'), ('00000000-0000-4000-8000-000000000004',"
+                   " 'a:2', 'h', 2, 'v', now())")
+
+    async def trim(keep: int):
+        async with h.open_pool(url) as pool, pool.connection() as db:
+            return await servers.trim(db, keep=keep)
+
+    assert asyncio.run(trim(5)) == (5, 1)  # 3 a week old, then 2 beyond the last 5
+    assert [m for (m,) in h.fetch(url, "SELECT message FROM events ORDER BY id")] == [
+        f"line {n}" for n in range(6, 11)]
+    assert h.fetch(url, "SELECT address FROM servers") == [("a:2",)]

@@ -81,8 +81,9 @@ LIMIT 1000;
 -- Keep a week of events, and at most %(keep)s of them; and a week of stopped or lost servers.
 WITH old AS (
     DELETE FROM events
-    WHERE at < now() - interval '7 days'
-       OR id <= (SELECT max(id) FROM events) - %(keep)s
+    WHERE id IN (SELECT id FROM events WHERE at < now() - interval '7 days'  -- events_by_time
+                 UNION ALL
+                 SELECT id FROM events WHERE id <= (SELECT max(id) FROM events) - %(keep)s)
     RETURNING 1
 ), gone AS (
     DELETE FROM servers WHERE coalesce(stopped_at, seen_at) < now() - interval '7 days'
