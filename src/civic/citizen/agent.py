@@ -252,7 +252,9 @@ class Agent:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             link.closed = True
             leasing.cancel()
-            if link.current is None:
+            refused = (reading.done() and not reading.cancelled()
+                       and isinstance(reading.exception(), Refused))
+            if link.current is None or refused:  # refused: its replicas went to others
                 working.cancel()
             await asyncio.wait({working})
             for task in tasks:  # the reader's reason first: it says why the link ended
@@ -368,6 +370,10 @@ class Agent:
 
     @staticmethod
     def _closing(message: p.Message) -> None:
+        if isinstance(message, p.Error) and message.code == "refused":
+            # Blocked, or its volunteer blocked or removed: reconnecting would only be refused
+            # again, so the citizen stops, saying why (exit status 7).
+            raise Refused(f"the server refused this citizen: {message.message}")
         if isinstance(message, p.Error):
             raise ProtocolError(f"server error ({message.code}): {message.message}")
         if not isinstance(message, p.Bye):

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -17,8 +17,9 @@ from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.cli.context import Context
 from civic.deploy import engine, images
 from civic.deploy.citizens import DockerRuntime, Limits
-from civic.errors import Refused, UsageError
+from civic.errors import CivicError, NotFound, Refused, UsageError
 from civic.protocol import parse_address
+from civic.store import people
 
 app = typer.Typer(no_args_is_help=True, help="Run citizens: workers that compute duties.")
 
@@ -202,10 +203,91 @@ def remove(ctx: typer.Context, names: NAMES = None, all: ALL = False) -> None:
 
 @app.command("logs")
 def logs(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Citizen name.")],
-         tail: Annotated[int, typer.Option("--tail", min=1, help="Lines to show.")] = 100,
+         lines: Annotated[int, typer.Option("--lines", "-n", "--tail", min=1,
+                                            help="Lines to show.")] = 100,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines "
+                                              "until Ctrl-C.")] = False,
+         log_dir: Annotated[Optional[Path], typer.Option(
+             "--log-dir", help="Where process citizens write their logs (as given to `civic "
+                               "citizen spawn --log-dir`; default: CIVIC_HOME/logs, where "
+                               "`civic run` puts them).")] = None,
          ) -> None:
-    """Show the last lines of a citizen container's log."""
+    """Show the last lines of the log of a citizen spawned on this machine: its container's,
+    or a process citizen's log file; --follow prints new lines as they come."""
     c: Context = ctx.obj
-    docker = _docker(c)
-    (container,) = docker.select([name], False)
-    c.out.file.write(docker.logs(container, tail))
+    out = c.out.file
+    path = (log_dir or c.settings.home / "logs") / f"{name}.log"
+    try:
+        docker = _docker(c)
+        (container,) = docker.select([name], False)
+    except (NotFound, CivicError) as exc:  # no such container, or no Docker here
+        if not path.is_file():
+            raise NotFound(f"no citizen container named {name!r} and no log file {path}"
+                           + ("" if isinstance(exc, NotFound) else f" ({exc})")) from None
+        return _follow_file(out, path, lines, follow)
+    try:
+        if not follow:
+            out.write(docker.logs(container, lines))
+            return
+        for chunk in docker.follow(container, lines):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+def _follow_file(out: Any, path: Path, lines: int, follow: bool) -> None:
+    """The last ``lines`` lines of a log file, then (``follow``) what is appended to it."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 256 * 1024))  # enough for any tail asked of a log
+        tail = f.read().decode("utf-8", "replace").splitlines(keepends=True)[-lines:]
+        out.write("".join(tail))
+        out.flush()
+        try:
+            while follow:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk.decode("utf-8", "replace"))
+                    out.flush()
+                else:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+WHO = Annotated[str, typer.Argument(metavar="NAME|ID", help="The citizen: its name, or its id "
+                                                            "when several share a name.")]
+REASON = Annotated[Optional[str], typer.Option("--reason", help="Why: what the citizen is "
+                                               "told, and what status shows.")]
+
+
+def _blocked(c: Context, done: people.Blocked, json: bool) -> None:
+    if json:
+        c.print_json(done)
+        return
+    who = f"{done.kind} {done.name}"
+    if done.blocked:
+        more = (f"; {done.released} lease(s) it held went to other citizens" if done.released
+                else "")
+        c.note(f"{who} blocked" + (" (already; reason updated)" if not done.changed else "")
+               + f": refused from now on, dropped at once if connected{more}")
+    else:
+        c.note(f"{who} unblocked" if done.changed else f"{who} was not blocked")
+
+
+@app.command("block")
+def block(ctx: typer.Context, who: WHO, reason: REASON = None, json: JSON = False) -> None:
+    """Block a citizen: it leases nothing from the moment this commits, the server holding its
+    connection drops it at once telling it why, and it is refused when it comes back; what it
+    held goes to other citizens, charged to no duty."""
+    c: Context = ctx.obj
+    _blocked(c, people.block_citizen(c.database_url(), who, reason), json)
+
+
+@app.command("unblock")
+def unblock(ctx: typer.Context, who: WHO, json: JSON = False) -> None:
+    """Let a blocked citizen work again (a stopped one needs starting again)."""
+    c: Context = ctx.obj
+    _blocked(c, people.unblock_citizen(c.database_url(), who), json)

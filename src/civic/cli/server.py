@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json as json_
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,7 +18,7 @@ from civic.errors import CivicError, UsageError
 from civic.protocol import DEFAULT_PORT
 from civic.server.runner import serve
 from civic.server.service import ServerOptions
-from civic.store import catalog
+from civic.store import catalog, servers
 from civic.store.states import DutyState
 
 app = typer.Typer(no_args_is_help=True, help="Run the server citizens connect to, here or as "
@@ -136,12 +138,19 @@ def stop(ctx: typer.Context) -> None:
 
 @app.command("status")
 def status(ctx: typer.Context, json: JSON = False) -> None:
-    """Containers and their health, the database, citizens connected and duties by state."""
+    """Installed containers and their health, the database, the servers running on it (drained
+    or not), citizens connected and duties by state."""
     c: Context = ctx.obj
-    report = _installation(c).status()
     try:
-        store = catalog.status(c.database_url())
+        report = _installation(c).status()
+    except CivicError as exc:  # no Docker here: the servers on the database still show
+        report = {"instance": c.settings.instance, "installed": False, "containers": [],
+                  "docker": f"unavailable: {exc}"}
+    try:
+        url = c.database_url()
+        store = catalog.status(url)
         report["database"] = "reachable"
+        report["servers"] = servers.list_servers(url)
         report["citizens_connected"] = sum(1 for r in store["citizens"] if r["connected"])
         report["duties"] = {state: sum(d[state] for d in store["datasets"])
                             for state in (DutyState.PENDING, DutyState.DONE, DutyState.FAILED,
@@ -160,21 +169,148 @@ def status(ctx: typer.Context, json: JSON = False) -> None:
                           row["image"])
         c.out.print(table)
     c.out.print(f"database: {report['database']}", highlight=False)
+    if "servers" in report:
+        if report["servers"]:
+            c.out.print(_servers_table(report["servers"]))
+        else:
+            c.out.print("servers running on the database: none")
     if "duties" in report:
         c.out.print(f"citizens connected: {report['citizens_connected']}; duties: "
                     + ", ".join(f"{v} {k}" for k, v in report["duties"].items()))
 
 
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    seconds = int((datetime.now(timezone.utc) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(0, seconds)}s ago"
+
+
+def _servers_table(rows: list[servers.ServerRow]) -> Table:
+    table = Table("server", "address", "host", "pid", "started", "seen", "citizens", "leased",
+                  "results", "state", title="servers on the database")
+    for r in rows:
+        state = ("stopped" if r.stopped_at else "lost" if not r.alive
+                 else "draining" if r.draining else "leasing")
+        table.add_row(r.id[:8], r.address, r.hostname, str(r.pid), _ago(r.started_at),
+                      _ago(r.seen_at), str(r.connections), str(r.leased), str(r.results), state)
+    return table
+
+
+@app.command("servers")
+def servers_(ctx: typer.Context, json: JSON = False,
+             everyone: Annotated[bool, typer.Option(
+                 "--all", help="Also servers stopped or lost (the last 100).")] = False) -> None:
+    """List the servers running on this database: address, host, pid, when started and last
+    seen, citizens connected, replicas leased and results since started, draining or not."""
+    c: Context = ctx.obj
+    rows = servers.list_servers(c.database_url(), everyone)
+    if json:
+        c.print_json(rows)
+    elif not rows:
+        c.note("no server is running on this database" + ("" if everyone else
+                                                          " (--all shows stopped ones)"))
+    else:
+        c.out.print(_servers_table(rows))
+
+
+SERVER_IDS = Annotated[Optional[list[str]], typer.Argument(
+    metavar="[SERVER_ID]...", help="Servers by id or its first characters (civic server "
+                                   "servers); none: every server, and those started later.")]
+EVERY = Annotated[bool, typer.Option("--all", help="Every server, and those started later "
+                                                   "(the default when no id is given).")]
+
+
+def _drain(c: Context, ids: list[str] | None, everyone: bool, json: bool,
+           draining: bool) -> None:
+    if ids and everyone:
+        raise UsageError("give server ids or --all, not both")
+    done = servers.drain(c.database_url(), ids or (), draining)
+    if json:
+        c.print_json(done)
+        return
+    what = ("every server (and any started until `civic server undrain`)" if done.project
+            and draining else "every server" if done.project
+            else ", ".join(i[:8] for i in done.servers))
+    if draining:
+        c.note(f"drained {what}: no new leases from now on; results in flight are still "
+               "accepted")
+    else:
+        c.note(f"undrained {what}: leasing again")
+
+
+@app.command("drain")
+def drain(ctx: typer.Context, ids: SERVER_IDS = None, everyone: EVERY = False,
+          json: JSON = False) -> None:
+    """Stop leasing: the servers lease nothing more from the moment this commits (they hear
+    of it at once), finish what is in flight and say so in their log and in `civic server
+    servers`. Without ids the whole project drains, servers started meanwhile included."""
+    _drain(ctx.obj, ids, everyone, json, True)
+
+
+@app.command("undrain")
+def undrain(ctx: typer.Context, ids: SERVER_IDS = None, everyone: EVERY = False,
+            json: JSON = False) -> None:
+    """Resume leasing on drained servers (without ids: the whole project)."""
+    _drain(ctx.obj, ids, everyone, json, False)
+
+
 @app.command("logs")
 def logs(ctx: typer.Context,
-         service: Annotated[str, typer.Argument(help="server, postgres or adminer.")] = "server",
-         tail: Annotated[int, typer.Option("--tail", min=1, help="Lines to show.")] = 100,
+         lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=100_000,
+                                            help="Lines to show.")] = 50,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines "
+                                              "until Ctrl-C.")] = False,
+         server: Annotated[Optional[str], typer.Option(
+             "--server", help="Only this server's lines (its id or first characters).")] = None,
+         container: Annotated[Optional[str], typer.Option(
+             "--container", help="Instead, the Docker log of the installed server, postgres "
+                                 "or adminer container.")] = None,
+         json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (with "
+                                            "--follow: one object a line).")] = False,
          ) -> None:
-    """Show the last lines of an installed container's log."""
+    """The servers' recent log lines (INFO and above, kept in the database for a week, from
+    every server on it); --follow prints new ones as they come."""
     c: Context = ctx.obj
-    if service not in ("server", "postgres", "adminer"):
-        raise UsageError("service must be server, postgres or adminer")
-    c.out.file.write(_installation(c).logs(service, tail))
+    if container is not None:
+        if container not in ("server", "postgres", "adminer"):
+            raise UsageError("--container must be server, postgres or adminer")
+        c.out.file.write(_installation(c).logs(container, lines))
+        return
+    url = c.database_url()
+    recent = servers.recent_events(url, lines, server)
+    out = c.out.file
+    if json and not follow:
+        c.print_json(recent)
+        return
+    for event in recent:
+        out.write(_event_line(event, json))
+    out.flush()
+    if not follow:
+        return
+    try:
+        for event in servers.follow_events(url, recent[-1].id if recent else _last(url),
+                                           server):
+            out.write(_event_line(event, json))
+            out.flush()
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) ends a follow: that is how it is used
+        pass
+
+
+def _last(url: str) -> int:
+    newest = servers.recent_events(url, 1)
+    return newest[-1].id if newest else 0
+
+
+def _event_line(event: servers.Event, json: bool) -> str:
+    if json:
+        return json_.dumps({**vars(event), "at": event.at.isoformat()}) + "\n"
+    where = (event.server_id or "-")[:8]
+    return (f"{event.at.astimezone():%Y-%m-%d %H:%M:%S} {where} {event.level:<7} "
+            f"{event.message}\n")
 
 
 @app.command("uninstall")

@@ -10,6 +10,7 @@ spawned on one machine reports that machine's host key, and the memory it may gi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from civic.citizen.agent import host_key
@@ -186,3 +187,9 @@ class DockerRuntime:
     def logs(self, container: Any, tail: int = 100) -> str:
         with errors("reading logs"):
             return container.logs(tail=tail).decode("utf-8", "replace")
+
+    def follow(self, container: Any, tail: int = 100) -> Iterator[str]:
+        """The last ``tail`` lines of a citizen's log, then each new one as it is written."""
+        with errors("reading logs"):
+            for chunk in container.logs(stream=True, follow=True, tail=tail):
+                yield chunk.decode("utf-8", "replace")

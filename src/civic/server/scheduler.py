@@ -19,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from civic.protocol import Assignment, Result
 from civic.server import assimilate
-from civic.store import work
+from civic.store import audit, work
 
 log = logging.getLogger("civic.server")
 
@@ -84,6 +84,10 @@ class Scheduler:
         self._ready = asyncio.Event()
         self._waking: asyncio.TimerHandle | None = None
         self.counts: collections.Counter[str] = collections.Counter()
+        self.totals: collections.Counter[str] = collections.Counter()  # since it started
+        self.server_id: str | None = None  # leasing stops while this server is drained
+        self.leasing = True  # False while drained: requests get nothing (and park)
+        self.on_control: Callable[[], None] | None = None  # told of NOTIFY civic_control
 
     # --- what sessions call -------------------------------------------------------------
 
@@ -202,6 +206,9 @@ class Scheduler:
     async def _transaction(self, batch: _Batch
                            ) -> tuple[assimilate.Outcome, list[list[Assignment]]]:
         policy = self.policy
+        leasing = self.leasing
+        if not (leasing or batch.results or batch.started or batch.sighted):
+            return assimilate.Outcome(), [[] for _ in batch.requests]  # drained: no round trip
         for attempt in range(1, RETRIES + 1):
             try:
                 async with self.pool.connection() as db, db.pipeline(), db.transaction():
@@ -218,7 +225,8 @@ class Scheduler:
                     leases = await work.lease_many(
                         db, [(r.citizen_id, r.count) for r in batch.requests],
                         window=policy.window, cap=policy.cap, pause=policy.pause,
-                        datasets=policy.datasets) if batch.requests else []
+                        datasets=policy.datasets, server_id=self.server_id,
+                    ) if batch.requests and leasing else [[] for _ in batch.requests]
                 return outcome, leases
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == RETRIES:
@@ -243,6 +251,7 @@ class Scheduler:
                 self._parked.append(request)
         self.counts.update(batches=1, results=len(batch.results), settled=outcome.settled,
                            leased=sum(map(len, leases)))
+        self.totals.update(results=len(batch.results), leased=sum(map(len, leases)))
         if outcome.reopened:
             self.wake()
 
@@ -254,15 +263,21 @@ class Scheduler:
                      counts["settled"], counts["leased"], counts["batches"], len(self._parked))
 
     async def listen(self) -> None:
-        """Wake parked requests when another process announces work (NOTIFY civic_work).
-        Polling at ``park`` seconds is the safety net while this connection is down."""
+        """Wake parked requests when another process announces work (NOTIFY civic_work), and
+        tell ``on_control`` of control operations (NOTIFY civic_control). Polling (at ``park``
+        seconds, and the server's beat) is the safety net while this connection is down."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url,
                                                                  autocommit=True) as conn:
                     await conn.execute("LISTEN civic_work")
-                    async for _ in conn.notifies():
-                        self.wake()
+                    await conn.execute(f"LISTEN {audit.CONTROL}")
+                    async for notify in conn.notifies():
+                        if notify.channel == audit.CONTROL:
+                            if self.on_control is not None:
+                                self.on_control()
+                        else:
+                            self.wake()
             except psycopg.Error as exc:
                 log.debug("listening for work announcements: %s; again in 5s", exc)
             await asyncio.sleep(5)

@@ -14,6 +14,9 @@ import contextlib
 import ssl
 import errno
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +24,14 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from civic import __version__
 from civic import protocol as p
 from civic.errors import (AddressInUse, Incompatible, ProtocolError, Refused, StoreError,
                           UsageError)
 from civic.server.assimilate import text
+from civic.server.events import EventLog
 from civic.server.scheduler import Policy, Scheduler
-from civic.store import redact, work
+from civic.store import redact, servers, work
 
 log = logging.getLogger("civic.server")
 
@@ -34,6 +39,7 @@ HELLO_MAX_FRAME = 64 * 1024
 HELD_MAX = 1024  # replica ids a hello may claim to hold
 RESULTS_MAX = 256  # results in one frame
 IN_FLIGHT = 8  # result frames of one connection waiting for the database: then stop reading
+TRIM_EVERY = 60.0  # seconds between trims of old events (by the elected reaper)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ServerOptions:
     tls_key: str | None = None
     datasets: tuple[int, ...] | None = None  # lease only these datasets' duties (None: all)
     reuse_port: bool = False  # SO_REUSEPORT: several servers of one host share the port
+    beat: float = 2.0  # seconds between refreshes of this server's row and control checks
+    events: bool = True  # keep this process's log lines (INFO and above) in the database
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
@@ -76,7 +84,8 @@ class Connection:
     leased: set[int] = field(default_factory=set)
     said_bye: bool = False
     keep_leases: bool = False  # gone through no fault of its own: its leases stay
-    refused: bool = False  # its volunteer was removed
+    refused: bool = False  # blocked, or its volunteer blocked or removed
+    why: str = ""  # what it was told when refused
     batches: bool = False  # speaks the "batches" feature: results frames, parked requests
     asking: asyncio.Future[list[p.Assignment]] | None = None  # the duty request being answered
     storing: set[asyncio.Task[None]] = field(default_factory=set)  # results being stored
@@ -124,9 +133,16 @@ class Server:
             window=opts.start_window, cap=opts.max_prefetch, pause=opts.retry_pause,
             margin=opts.lease_margin, cooldown=opts.cooldown, park=opts.park,
             datasets=opts.datasets))
+        self.id = str(uuid.uuid4())  # this run's row in the servers table
+        self.scheduler.server_id = self.id
+        self.scheduler.on_control = self.control_changed
+        self.drained = False  # asked by the operator (civic server drain): lease nothing more
+        self._control = asyncio.Event()
+        self.events = EventLog() if self.options.events else None
+        self._writer: asyncio.Future[None] | None = None
         self.connections: set[Connection] = set()
         self._handshaking: collections.Counter[str] = collections.Counter()
-        self.draining = asyncio.Event()
+        self.draining = asyncio.Event()  # stopping (a signal, stop()): not the operator's drain
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -161,10 +177,26 @@ class Server:
                                    "in use; stop what holds it or choose another with --port") from None
             raise
         self.address = self._listener.sockets[0].getsockname()[:2]
+        try:
+            async with self.pool.connection() as db:
+                drained = await servers.register(
+                    db, self.id, "%s:%s" % self.address, socket.gethostname(), os.getpid(),
+                    __version__)
+        except (PoolTimeout, psycopg.Error) as exc:
+            self._listener.close()
+            await self.pool.close()
+            raise StoreError(f"cannot register this server in PostgreSQL at "
+                             f"{redact(self.url)}: {exc}") from exc
+        if self.events is not None:
+            logging.getLogger("civic").addHandler(self.events)
+            self._writer = asyncio.ensure_future(self.events.write(self.pool, self.id))
         self._spawn(self._reaper())
         self._spawn(self.scheduler.run())
         self._spawn(self.scheduler.listen())
-        log.info("listening on %s:%s", *self.address)
+        self._spawn(self._controller())
+        log.info("listening on %s:%s (server %s)", *self.address, self.id[:8])
+        if drained:
+            self._set_drained(True)
         return self.address
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -210,8 +242,18 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pool.close()
+        totals = self.scheduler.totals
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            async with self.pool.connection(timeout=5) as db:
+                await servers.stopped(db, self.id, totals["leased"], totals["results"])
         log.info("stopped")
+        if self.events is not None:
+            logging.getLogger("civic").removeHandler(self.events)
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
+            await self.events.write_now(self.pool, self.id)
+        await self.pool.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -224,30 +266,79 @@ class Server:
             log.error("internal task failed", exc_info=task.exception())
 
     async def _reaper(self) -> None:
-        """Release replicas whose deadline passed, so their duties are leased again, and drop
-        the citizens of volunteers that were removed. Of several servers on one database, the
-        one that holds the reaper lock at each sweep releases; each drops its own citizens."""
+        """Release replicas whose deadline passed, so their duties are leased again, and trim
+        old events. Of several servers on one database, the one that holds the reaper lock at
+        each sweep does it."""
+        loop = asyncio.get_running_loop()
+        trim = loop.time()
         while True:
             await asyncio.sleep(self.options.reap_interval)
             try:
                 async with self.pool.connection() as db:
                     lost = await work.reap(db, error="deadline passed without a result")
-                    greeted = {c.citizen_id: c for c in self.connections if c.greeted}
-                    refused = await work.refused(db, list(greeted))
+                    if loop.time() >= trim:
+                        trim = loop.time() + TRIM_EVERY
+                        await servers.trim(db)
                 if lost:
                     log.warning("%d replica(s) passed their deadline; re-issuing", lost)
-                for citizen_id in refused:
-                    await self._drop(greeted[citizen_id])
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning("reaper: database unavailable: %s", exc)
 
-    async def _drop(self, conn: Connection) -> None:
-        """Close the connection of a citizen whose volunteer was removed."""
-        log.warning("%s: its volunteer was removed; dropping it", conn.name)
-        conn.refused = True
+    def control_changed(self) -> None:
+        """An operator changed something (NOTIFY civic_control): check now, not at the next
+        beat."""
+        self._control.set()
+
+    async def _controller(self) -> None:
+        """Every ``beat`` seconds, or at once when told of a control operation: refresh this
+        server's row (alive, its load), follow its drain, and drop the citizens refused now
+        (blocked, or their volunteer blocked or removed), telling each why."""
+        away = False
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._control.wait(), self.options.beat)
+            self._control.clear()
+            greeted = {c.citizen_id: c for c in self.connections if c.greeted and not c.refused}
+            totals = self.scheduler.totals
+            try:
+                async with self.pool.connection() as db:
+                    drained = await servers.beat(db, self.id, len(greeted), totals["leased"],
+                                                 totals["results"])
+                    if drained is None:  # its row was trimmed while the database was away
+                        drained = await servers.register(
+                            db, self.id, "%s:%s" % self.address, socket.gethostname(),
+                            os.getpid(), __version__)
+                    refused = await work.refused(db, list(greeted))
+            except (psycopg.Error, PoolTimeout) as exc:
+                if not away:
+                    log.warning("control: database unavailable: %s", exc)
+                away = True
+                continue
+            away = False
+            self._set_drained(drained)
+            await asyncio.gather(*(self._drop(greeted[c], why) for c, why in refused.items()))
+
+    def _set_drained(self, drained: bool) -> None:
+        if drained == self.drained:
+            return
+        self.drained = drained
+        self.scheduler.leasing = not drained
+        if drained:
+            self.scheduler.release_parked()  # answered with nothing: they park again, unleased
+            in_flight = sum(len(c.leased) for c in self.connections)
+            log.info("draining: leasing nothing more; %d replica(s) in flight finish", in_flight)
+        else:
+            self.scheduler.wake()
+            log.info("undrained: leasing again")
+
+    async def _drop(self, conn: Connection, why: str) -> None:
+        """Close the connection of a citizen refused now, telling it why."""
+        log.warning("%s (%s): dropped: %s", conn.name, conn.citizen_id[:8], why)
+        conn.refused, conn.why = True, why
+        if conn.asking is not None:
+            self.scheduler.withdraw(conn.asking)
         with contextlib.suppress(Exception):  # a peer that reads nothing must not stall this
-            await asyncio.wait_for(conn.send(p.Error(
-                "refused", "this citizen's volunteer was removed from this server")), 1.0)
+            await asyncio.wait_for(conn.send(p.Error("refused", why)), 1.0)
         conn.writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -363,7 +454,7 @@ class Server:
                     lost = await work.release(
                         db, ids=sorted(conn.leased), citizen_id=conn.citizen_id,
                         hello=conn.hello, failure=not blameless, unstarted=False,
-                        error=("citizen stopped" if conn.said_bye else "volunteer removed"
+                        error=("citizen stopped" if conn.said_bye else conn.why
                                if conn.refused else "citizen disconnected"))
                     if lost:
                         log.warning("%s left with %d replica(s) unfinished; re-issuing",

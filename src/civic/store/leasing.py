@@ -67,12 +67,14 @@ class _Duty:
 
 async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
                      window: float, cap: int, pause: float,
-                     datasets: Sequence[int] | None) -> list[list[Assignment]]:
+                     datasets: Sequence[int] | None, server_id: str | None = None
+                     ) -> list[list[Assignment]]:
     """Lease replicas to citizens, ``(citizen id, count)`` each; see ``work.lease_many``."""
     wanted = sum(count for _, count in requests)
     only = None if datasets is None else list(datasets)
     people, seen = conn.cursor(row_factory=dict_row), conn.cursor(row_factory=dict_row)
-    await people.execute(q("lease_citizens"), {"ids": [c for c, _ in requests], "cap": cap})
+    await people.execute(q("lease_citizens"), {"ids": [c for c, _ in requests], "cap": cap,
+                                             "server_id": server_id})
     await seen.execute(q("lease_window"), {  # piped with the one above
         "limit": wanted + SLACK, "pause": pause, "datasets": only, "ids": None})
     citizens = {row["id"]: _Citizen(**row) for row in await people.fetchall()}

@@ -53,9 +53,8 @@ async def register(conn: AsyncConnection, *, citizen_id: str | None, secret: str
         if row is not None:
             if not secret or not hmac.compare_digest(row["secret_sha256"], _hash(secret)):
                 raise Refused("wrong credential for this citizen id")
-            if row["removed"]:
-                raise Refused(f"volunteer {row['volunteer']!r} was removed from this server; "
-                              "its citizens are refused")
+            if (why := refusal(row)) is not None:
+                raise Refused(why)
             await conn.execute(q("citizen_seen"), {
                 "id": citizen_id, "connected": True, "name": name, "platform": platform,
                 "address": address, "host": host, "memory": memory, "builds": builds})
@@ -78,6 +77,9 @@ async def _volunteer_of(conn: AsyncConnection, token: str | None) -> int:
             if row[2]:
                 raise Refused(f"volunteer {row[1]!r} was removed from this server; its token "
                               "is refused")
+            if row[3]:
+                raise Refused(f"volunteer {row[1]!r} is blocked on this server"
+                              + (f": {row[4]}" if row[4] else ""))
             return row[0]
     join = await (await conn.execute(q("join_token"))).fetchone()
     if join is not None and not hmac.compare_digest((token or "").encode(), join[0].encode()):
@@ -85,7 +87,27 @@ async def _volunteer_of(conn: AsyncConnection, token: str | None) -> int:
                       "with `civic server token`, or a volunteer's own with `civic volunteer "
                       "add`; citizens take it from CIVIC_TOKEN)")
     (lab,) = await (await conn.execute(q("lab_volunteer"))).fetchone()  # type: ignore[misc]
+    blocked, reason = await (await conn.execute(q("volunteer_blocked"), {"id": lab})
+                             ).fetchone()  # type: ignore[misc]
+    if blocked:
+        raise Refused("volunteer 'lab' (the server-wide join token) is blocked on this server"
+                      + (f": {reason}" if reason else ""))
     return lab
+
+
+def refusal(row: Mapping[str, Any]) -> str | None:
+    """Why a citizen is refused (its volunteer removed or blocked, or itself blocked), from a
+    row of ``find_citizen`` or ``refused_citizens``; None when it is not."""
+    if row["removed"]:
+        return (f"volunteer {row['volunteer']!r} was removed from this server; its citizens "
+                "are refused")
+    if row["volunteer_blocked"]:
+        return (f"volunteer {row['volunteer']!r} is blocked on this server"
+                + (f": {row['volunteer_reason']}" if row["volunteer_reason"] else ""))
+    if row["blocked"]:
+        return (f"citizen {row['name']!r} is blocked on this server"
+                + (f": {row['blocked_reason']}" if row["blocked_reason"] else ""))
+    return None
 
 
 async def greeted(conn: AsyncConnection, citizen_id: str) -> int:
@@ -123,14 +145,16 @@ async def lease(conn: AsyncConnection, citizen_id: str, count: int, **options: A
 
 async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]], *,
                      window: float = 60.0, cap: int = 32, pause: float = 15.0,
-                     datasets: Sequence[int] | None = None) -> list[list[Assignment]]:
+                     datasets: Sequence[int] | None = None, server_id: str | None = None
+                     ) -> list[list[Assignment]]:
     """Lease replicas to citizens, ``(citizen id, count)`` each, in order, in three round trips:
     each citizen holds at most ``cap`` in all, each replica is to be started within ``window``
     seconds, a duty a citizen failed comes back to it after ``pause`` seconds, and ``datasets``
-    restricts leasing to those datasets (None: any)."""
+    restricts leasing to those datasets (None: any). Blocked citizens get nothing, nor does
+    anyone while server ``server_id`` (or the whole project) is drained."""
     async with conn.pipeline():  # nested in the caller's pipeline, if any
         return await leasing.lease_many(conn, requests, window=window, cap=cap, pause=pause,
-                                        datasets=datasets)
+                                        datasets=datasets, server_id=server_id)
 
 
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
@@ -170,12 +194,15 @@ async def reap(conn: AsyncConnection, *, error: str) -> int:
         return await release(conn, overdue=True, error=error) if elected else 0
 
 
-async def refused(conn: AsyncConnection, citizen_ids: Sequence[str]) -> set[str]:
-    """Of these citizens, those whose volunteer was removed."""
+async def refused(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, str]:
+    """Of these citizens, those refused now (volunteer removed or blocked, or blocked), with
+    what they are told."""
     if not citizen_ids:
-        return set()
-    rows = await (await conn.execute(q("refused_citizens"), {"ids": list(citizen_ids)})).fetchall()
-    return {row[0] for row in rows}
+        return {}
+    cursor = conn.cursor(row_factory=dict_row)
+    rows = await (await cursor.execute(q("refused_citizens"), {"ids": list(citizen_ids)})
+                  ).fetchall()
+    return {row["id"]: refusal(row) or "refused" for row in rows}
 
 
 async def bundle_chunks(pool: AsyncConnectionPool, sha256: str) -> tuple[int, AsyncIterator[bytes]] | None:

@@ -112,7 +112,9 @@ FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
 ORDER BY c.created_at;
 
 -- name: find_citizen
-SELECT c.id, c.secret_sha256, v.name AS volunteer, v.removed_at IS NOT NULL AS removed
+SELECT c.id, c.secret_sha256, v.name AS volunteer, v.removed_at IS NOT NULL AS removed,
+       c.name, c.blocked_at IS NOT NULL AS blocked, c.blocked_reason,
+       v.blocked_at IS NOT NULL AS volunteer_blocked, v.blocked_reason AS volunteer_reason
 FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
 WHERE c.id = %(id)s;
 
@@ -194,15 +196,21 @@ JOIN bundles b ON b.sha256 = m.bundle_sha256
 ORDER BY l.id;
 
 -- name: lease_citizens
--- The requesting citizens that may lease now (not resting, volunteer not removed), with what
--- leasing needs to know of each and the room left under the cap of %(cap)s leases.
+-- The requesting citizens that may lease now (not resting, neither it nor its volunteer blocked,
+-- volunteer not removed), with what leasing needs to know of each and the room left under the
+-- cap of %(cap)s leases; none while server %(server_id)s, or the whole project, is drained.
+-- Read in the lease's own transaction: nothing is leased by a statement that starts after a
+-- block or a drain committed.
 SELECT c.id::text AS id, c.host, c.volunteer_id, c.memory, c.builds,
        split_part(c.platform, ' ', 1) AS platform,
        greatest(0, %(cap)s - (SELECT count(*) FROM replicas r
                               WHERE r.citizen_id = c.id AND r.state = 'leased'))::int AS room
 FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
 WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
-  AND (c.cooldown_until IS NULL OR c.cooldown_until <= now());
+  AND c.blocked_at IS NULL AND v.blocked_at IS NULL
+  AND (c.cooldown_until IS NULL OR c.cooldown_until <= now())
+  AND NOT EXISTS (SELECT 1 FROM servers s WHERE s.id = %(server_id)s::uuid AND s.draining)
+  AND NOT EXISTS (SELECT 1 FROM server_settings WHERE key = 'drained');
 
 -- name: lease_window
 -- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given), with what
@@ -521,7 +529,8 @@ SELECT pg_notify('civic_work', '');
 SELECT id FROM volunteers WHERE name = 'lab' AND token_sha256 IS NULL ORDER BY id LIMIT 1;
 
 -- name: volunteer_by_token
-SELECT id, name, removed_at IS NOT NULL AS removed FROM volunteers
+SELECT id, name, removed_at IS NOT NULL AS removed, blocked_at IS NOT NULL AS blocked,
+       blocked_reason FROM volunteers
 WHERE token_sha256 = %(token_sha256)s;
 
 -- name: insert_volunteer
@@ -546,9 +555,14 @@ GROUP BY v.id
 ORDER BY v.id;
 
 -- name: refused_citizens
--- Of these citizens, those whose volunteer was removed (their connections are dropped).
-SELECT c.id::text FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
-WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NOT NULL;
+-- Of these citizens, those whose volunteer was removed or blocked, or that were blocked, and
+-- why (their connections are dropped, and they are told so).
+SELECT c.id::text, v.name AS volunteer, v.removed_at IS NOT NULL AS removed,
+       v.blocked_at IS NOT NULL AS volunteer_blocked, v.blocked_reason AS volunteer_reason,
+       c.name, c.blocked_at IS NOT NULL AS blocked, c.blocked_reason
+FROM citizens c JOIN volunteers v ON v.id = c.volunteer_id
+WHERE c.id = ANY(%(ids)s::uuid[])
+  AND (v.removed_at IS NOT NULL OR v.blocked_at IS NOT NULL OR c.blocked_at IS NOT NULL);
 
 -- name: dataset_needs
 -- What a dataset's duties need of a citizen, and how many wait for a slot to be leased.
