@@ -64,17 +64,25 @@ UPDATE datasets SET records = %(records)s, duties = %(duties)s, sha256 = %(sha25
 WHERE id = %(id)s;
 
 -- name: list_datasets
+-- Each dataset with its duties by state and its own state: cancelled, finished (nothing
+-- pending), paused (it or its model), else running.
 SELECT d.id, m.name AS model, m.version AS model_version, d.source, d.format, d.records,
        d.duties, d.records_per_duty, d.replication, d.quorum, d.distinct_by, d.created_at,
        count(u.id) FILTER (WHERE u.state = 'pending') AS pending,
        count(u.id) FILTER (WHERE u.state = 'done') AS done,
        count(u.id) FILTER (WHERE u.state = 'inconclusive') AS inconclusive,
-       count(u.id) FILTER (WHERE u.state = 'failed') AS failed
+       count(u.id) FILTER (WHERE u.state = 'failed') AS failed,
+       count(u.id) FILTER (WHERE u.state = 'cancelled') AS cancelled,
+       CASE WHEN d.cancelled_at IS NOT NULL THEN 'cancelled'
+            WHEN count(u.id) FILTER (WHERE u.state = 'pending') = 0 THEN 'finished'
+            WHEN d.paused_at IS NOT NULL OR m.paused_at IS NOT NULL THEN 'paused'
+            ELSE 'running' END AS state,
+       d.paused_at, m.paused_at AS model_paused_at, d.cancelled_at
 FROM datasets d
 JOIN models m ON m.id = d.model_id
 LEFT JOIN duties u ON u.dataset_id = d.id
 WHERE %(model)s::text IS NULL OR m.name = %(model)s
-GROUP BY d.id, m.name, m.version
+GROUP BY d.id, m.id
 ORDER BY d.id;
 
 -- name: latest_dataset
@@ -139,7 +147,8 @@ WHERE id = %(id)s;
 -- models that fit it (memory, a C compiler for a build step, its platform), never one where a
 -- replica that counts (leased, returned, valid) already comes from the same citizen, host or
 -- volunteer (the dataset's distinct_by; volunteer implies host), nor one it failed within the
--- last %(pause)s seconds (others first). A new lease must start within %(window)s seconds.
+-- last %(pause)s seconds (others first), nor one of a paused or cancelled dataset or of a paused
+-- model. A new lease must start within %(window)s seconds.
 -- SKIP LOCKED lets any number of servers lease from one database without waiting on each other.
 WITH me AS (
     SELECT c.id, c.host, c.volunteer_id, c.memory, c.builds,
@@ -159,6 +168,10 @@ WITH me AS (
     SELECT u.id FROM duties u JOIN datasets ds ON ds.id = u.dataset_id CROSS JOIN me
     WHERE u.state = 'pending' AND u.open_slots > 0
       AND u.model_id IN (SELECT id FROM fit)
+      AND u.dataset_id <> ALL (ARRAY(  -- held by the operator: one small read, not per duty
+          SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
+          WHERE d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL
+             OR m.paused_at IS NOT NULL))
       AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
       AND NOT EXISTS (
           SELECT 1 FROM replicas r
@@ -205,12 +218,17 @@ WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
   AND (c.cooldown_until IS NULL OR c.cooldown_until <= now());
 
 -- name: lease_window
--- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given), with what
+-- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given; none of a
+-- paused or cancelled dataset or a paused model: the flags are read afresh by every batch), with what
 -- their model needs, the sources of their replicas that count, and the citizens that failed
 -- them within %(pause)s seconds: what a batch of requests is matched against.
 WITH c AS (
     SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
     WHERE u.state = 'pending' AND u.open_slots > 0
+      AND u.dataset_id <> ALL (ARRAY(  -- held by the operator: one small read, not per duty
+          SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
+          WHERE d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL
+             OR m.paused_at IS NOT NULL))
       AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
       AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
     ORDER BY u.id
@@ -472,7 +490,8 @@ SELECT count(*) AS total,
        count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'done') AS done,
        count(*) FILTER (WHERE state = 'inconclusive') AS inconclusive,
-       count(*) FILTER (WHERE state = 'failed') AS failed
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
 FROM duties WHERE dataset_id = %(dataset_id)s;
 
 -- name: ensure_join_token
