@@ -62,6 +62,7 @@ class ModelSummary:
     manifest: dict[str, Any]
     created_at: datetime
     datasets: int  # datasets imported for any of its versions
+    state: str = "idle"  # paused | running (duties pending) | idle
 
 
 @dataclass(frozen=True)

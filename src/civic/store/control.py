@@ -208,6 +208,23 @@ def cancel_dataset(url: str, dataset_id: int) -> Change:
                       cancelled, message)
 
 
+def held(url: str, dataset_id: int) -> str | None:
+    """Why the operator holds a dataset back (paused, its model paused, cancelled), or None."""
+    with connect(url, row_factory=dict_row) as conn:
+        row = conn.execute(q("dataset_held"), {"id": dataset_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no dataset {dataset_id}; see civic dataset list")
+    if row["cancelled"]:
+        return f"dataset {dataset_id} is cancelled"
+    if row["paused"]:
+        return (f"dataset {dataset_id} is paused: its duties wait for "
+                f"civic dataset resume {dataset_id}")
+    if row["model_paused"]:
+        return (f"model {row['model']} is paused: its duties wait for "
+                f"civic model resume {row['model']}")
+    return None
+
+
 def remove_dataset(url: str, dataset_id: int, *, yes: bool = False) -> Removal:
     """Delete a dataset with its duties and replicas. When that deletes results (done duties)
     or work citizens are doing now, nothing happens unless ``yes``: NeedsConfirmation says

@@ -121,3 +121,11 @@ GROUP BY dataset_id ORDER BY dataset_id;
 SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
 WHERE d.id = ANY(%(ids)s::bigint[]) AND (d.paused_at IS NOT NULL OR m.paused_at IS NOT NULL)
 ORDER BY d.id;
+
+-- name: dataset_held
+-- Why a dataset leases nothing now, if the operator said so: its own pause or cancel, or its
+-- model's pause.
+SELECT d.paused_at IS NOT NULL AS paused, d.cancelled_at IS NOT NULL AS cancelled,
+       m.paused_at IS NOT NULL AS model_paused, m.name AS model
+FROM datasets d JOIN models m ON m.id = d.model_id
+WHERE d.id = %(id)s;

@@ -19,9 +19,16 @@ VALUES (%(name)s, %(version)s, %(bundle_sha256)s, %(manifest)s, %(needs_memory)s
 RETURNING id, name, version, bundle_sha256, manifest, created_at;
 
 -- name: list_models
+-- Each model's latest version; its state: paused, running (a dataset of any version has
+-- pending duties and is not cancelled) or idle.
 SELECT DISTINCT ON (m.name) m.name, m.version, m.bundle_sha256, m.manifest, m.created_at,
        (SELECT count(*) FROM datasets d JOIN models mm ON mm.id = d.model_id
-         WHERE mm.name = m.name) AS datasets
+         WHERE mm.name = m.name) AS datasets,
+       CASE WHEN m.paused_at IS NOT NULL THEN 'paused'
+            WHEN EXISTS (SELECT 1 FROM datasets d JOIN models mm ON mm.id = d.model_id
+                         JOIN duties u ON u.dataset_id = d.id AND u.state = 'pending'
+                         WHERE mm.name = m.name AND d.cancelled_at IS NULL) THEN 'running'
+            ELSE 'idle' END AS state
 FROM models m
 ORDER BY m.name, m.version DESC;
 
