@@ -36,11 +36,12 @@ def retry(
     c: Context = ctx.obj
     url = c.database_url()
     plan = control.plan_retry(url, state=state, dataset=dataset, error=error)
+    match = f"{plan.description} {'matches' if plan.total == 1 else 'match'}"
     if not plan.total:
         if json:
             c.print_json({"plan": plan, "requeued": [], "total": 0})
         else:
-            c.out.print(f"no duty to retry: {plan.description} match", highlight=False)
+            c.out.print(f"no duty to retry: {match}", highlight=False)
         return
     if not json:
         for g in plan.groups:
@@ -48,7 +49,7 @@ def retry(
                         f"{plan.state}", highlight=False)
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"{plan.description} match; nothing re-queued — pass --yes to "
+            raise UsageError(f"{match}; nothing re-queued — pass --yes to "
                              "re-queue them")
         if not typer.confirm(f"Re-queue {plan.description}?", default=False, err=True):
             c.note("nothing re-queued")
