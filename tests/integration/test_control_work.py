@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -166,7 +165,6 @@ def test_a_pause_stops_leases_on_both_servers_and_a_resume_wakes_them(database_u
     assert got["leased_late"] == 0  # nothing of A leased by either server after the pause
     assert got["during"] == {"pending": 26}
     assert all(ack.accepted for ack in got["held_acks"].acks)
-    before = [d for (_, d, _) in got["leased"]]
     # The citizens were served by both servers, and B throughout the pause.
     assert {server for server, _, _ in got["leased"]} == {0, 1}
     assert got["resumed"].changed and got["resumed"].waiting == 26
@@ -182,7 +180,6 @@ def test_a_pause_stops_leases_on_both_servers_and_a_resume_wakes_them(database_u
     states = dict(h.fetch(database_url, "SELECT id, state::text FROM replicas WHERE id = ANY(%s)",
                           ([x.replica_id for x in held],)))
     assert set(states.values()) == {"valid"}  # the replicas out at the pause counted
-    assert Counter(before)  # served
     assert audit_rows(database_url, h) == [("dataset pause", f"dataset {a}"),
                                            ("dataset resume", f"dataset {a}")]
 
@@ -229,9 +226,6 @@ def test_retry_requeues_exactly_the_selected_duties_which_then_finish(database_u
     ids = {letter: i for i, letter in h.fetch(
         database_url, "SELECT id, input->0->>'letter' FROM duties WHERE dataset_id = %s", (ds,))}
     disk, segv, liar = ("a", "b", "c"), ("d",), ("e", "f")
-
-    def output(name: str, a: p.Assignment) -> Any:
-        return h.alphabet_output(a.input)
 
     async def scenario() -> None:
         async with h.open_pool(database_url) as pool:
@@ -395,7 +389,7 @@ def test_remove_deletes_only_what_was_asked(database_url, h, model_copy):
     fresh = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv").id
     computed = catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv",
                                       again=True).id
-    theirs = catalog.import_dataset(database_url, "other", h.ALPHABET / "letters.csv").id
+    catalog.import_dataset(database_url, "other", h.ALPHABET / "letters.csv")
     for _ in range(3):  # every duty of every dataset done (32 leases a citizen at a time)
         asyncio.run(h.settle_all(database_url))
     h.execute(database_url, "UPDATE duties SET state = 'pending', canonical = NULL, "
