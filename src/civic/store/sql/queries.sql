@@ -175,11 +175,10 @@ WITH me AS (
     SELECT u.id FROM duties u JOIN datasets ds ON ds.id = u.dataset_id CROSS JOIN me
     WHERE u.state = 'pending' AND u.open_slots > 0
       AND u.model_id IN (SELECT id FROM fit)
-      AND u.dataset_id <> ALL (ARRAY(  -- held by the operator: one small read, not per duty
+      AND u.dataset_id = ANY (ARRAY(  -- those not held by the operator, in one small read
           SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
-          WHERE d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL
-             OR m.paused_at IS NOT NULL))
-      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+          WHERE d.paused_at IS NULL AND d.cancelled_at IS NULL AND m.paused_at IS NULL
+            AND (%(datasets)s::bigint[] IS NULL OR d.id = ANY(%(datasets)s::bigint[]))))
       AND NOT EXISTS (
           SELECT 1 FROM replicas r
           WHERE r.duty_id = u.id
@@ -190,7 +189,7 @@ WITH me AS (
                  OR (r.citizen_id = me.id AND r.state IN ('error', 'expired')
                      AND coalesce(r.returned_at, r.deadline)
                          > now() - make_interval(secs => %(pause)s))))
-    ORDER BY u.id
+    ORDER BY u.dataset_id, u.id  -- duties_waiting_by_dataset: held datasets are never walked
     LIMIT (SELECT room FROM me)
     FOR UPDATE OF u SKIP LOCKED
 ), taken AS (
@@ -225,21 +224,39 @@ WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
   AND (c.cooldown_until IS NULL OR c.cooldown_until <= now());
 
 -- name: lease_window
--- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given; none of a
--- paused or cancelled dataset or a paused model: the flags are read afresh by every batch), with what
+-- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given), with what
 -- their model needs, the sources of their replicas that count, and the citizens that failed
--- them within %(pause)s seconds: what a batch of requests is matched against.
-WITH c AS (
-    SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
-    WHERE u.state = 'pending' AND u.open_slots > 0
-      AND u.dataset_id <> ALL (ARRAY(  -- held by the operator: one small read, not per duty
-          SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
-          WHERE d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL
-             OR m.paused_at IS NOT NULL))
-      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
-      AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
-    ORDER BY u.id
-    LIMIT %(limit)s
+-- them within %(pause)s seconds: what a batch of requests is matched against. None of a paused
+-- or cancelled dataset or of a paused model: every batch reads those flags afresh.
+WITH held AS MATERIALIZED (  -- does a dataset the operator holds back have duties waiting?
+    SELECT EXISTS (
+        SELECT 1 FROM datasets d JOIN models m ON m.id = d.model_id
+        WHERE (d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL OR m.paused_at IS NOT NULL)
+          AND EXISTS (SELECT 1 FROM duties u WHERE u.dataset_id = d.id
+                                               AND u.state = 'pending' AND u.open_slots > 0)
+    ) AS waiting
+), c AS (
+    -- Usually not: the first waiting duties, one walk of duties_waiting as ever.
+    (SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+     WHERE u.state = 'pending' AND u.open_slots > 0
+       AND NOT (SELECT waiting FROM held)
+       AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+       AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
+     ORDER BY u.id
+     LIMIT %(limit)s)
+    UNION ALL
+    -- Else the first waiting duties of the datasets not held, dataset by dataset, in one
+    -- ordered scan of duties_waiting_by_dataset: no batch walks past a big paused dataset.
+    (SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+     WHERE u.state = 'pending' AND u.open_slots > 0
+       AND (SELECT waiting FROM held)
+       AND u.dataset_id = ANY (ARRAY(
+           SELECT ds.id FROM datasets ds JOIN models m ON m.id = ds.model_id
+           WHERE ds.paused_at IS NULL AND ds.cancelled_at IS NULL AND m.paused_at IS NULL
+             AND (%(datasets)s::bigint[] IS NULL OR ds.id = ANY(%(datasets)s::bigint[]))))
+       AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
+     ORDER BY u.dataset_id, u.id
+     LIMIT %(limit)s)
 )
 SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
        r.citizens, r.hosts, r.volunteers, r.failed
