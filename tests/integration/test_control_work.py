@@ -210,6 +210,18 @@ def test_a_paused_model_leases_nothing_of_any_dataset_until_resumed(database_url
     assert [r["state"] for r in catalog.list_datasets(database_url)] == ["finished", "finished"]
 
 
+def test_a_new_version_of_a_paused_model_is_paused_too(database_url, h, model_copy):
+    catalog.add_model(database_url, h.ALPHABET)
+    control.pause_model(database_url, "alphabet")
+    catalog.add_model(database_url, model_copy(timeout=20))
+    assert h.fetch(database_url, "SELECT version, paused_at IS NOT NULL FROM models "
+                                 "ORDER BY version") == [(1, True), (2, True)]
+    assert [m.state for m in catalog.list_models(database_url)] == ["paused"]
+    control.resume_model(database_url, "alphabet")
+    catalog.add_model(database_url, model_copy(timeout=25))
+    assert h.fetch(database_url, "SELECT paused_at IS NOT NULL FROM models") == [(False,)] * 3
+
+
 def _lying_model(model_copy, **changes) -> Any:
     return model_copy(**({"max_attempts": 1, "max_replicas": 2} | changes))
 

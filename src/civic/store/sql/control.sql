@@ -129,3 +129,10 @@ SELECT d.paused_at IS NOT NULL AS paused, d.cancelled_at IS NOT NULL AS cancelle
        m.paused_at IS NOT NULL AS model_paused, m.name AS model
 FROM datasets d JOIN models m ON m.id = d.model_id
 WHERE d.id = %(id)s;
+
+-- name: inherit_pause
+-- A new version of a paused model is paused too: pausing a model holds back the name.
+UPDATE models n SET paused_at = o.paused_at
+FROM models o
+WHERE n.id = %(id)s AND o.name = n.name AND o.version = n.version - 1
+  AND o.paused_at IS NOT NULL;
