@@ -148,3 +148,45 @@ timeout: 10
     assert removed["removed"] and removed["done"] == 3
     assert civic.json("dataset", "list") == []
     assert [a for a, _ in audit(civic)] == ["duties retry", "dataset remove"]
+
+
+def on_a_terminal(civic: Civic, answer: str, *args: str) -> tuple[int, str, str]:
+    """Run civic with a terminal as its standard input, answering a prompt with ``answer``."""
+    import os
+    import subprocess
+
+    from civic_cli import CIVIC
+    master, slave = os.openpty()
+    try:
+        process = subprocess.Popen([CIVIC, *args], env=civic.env, stdin=slave,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(master, answer.encode() + b"\n")
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return process.returncode, out, err
+
+
+def test_on_a_terminal_it_asks_first(civic: Civic, tmp_path: Path) -> None:
+    model = write_model(tmp_path / "upper", """\
+name: upper
+run: python3 model.py {input} {output}
+dataset: items.txt
+replication: 1
+max_attempts: 1
+timeout: 10
+""", **{"model.py": FLAKY.replace("time.time() < float(until)", "True"),
+        "items.txt": "a\nnever@1\n"})
+    assert civic("run", str(model), "--citizens", "1").returncode == 6
+    code, out, err = on_a_terminal(civic, "n", "duties", "retry")
+    assert code == 1 and "Re-queue 1 failed duty?" in err and "nothing re-queued" in err
+    assert out.split("\n")[0] == "dataset 1 (upper v1): 1 failed"
+    code, out, err = on_a_terminal(civic, "n", "dataset", "remove", "1")
+    assert code == 1 and "dataset 1 holds 1 duty with results: removing it deletes them. " \
+                         "Remove it?" in err
+    assert civic.json("dataset", "list")[0]["id"] == 1
+    code, out, err = on_a_terminal(civic, "y", "dataset", "remove", "1")
+    assert code == 0, err
+    assert out.strip() == "dataset 1 removed: 2 duties (1 with results)"
+    assert civic.json("dataset", "list") == []
