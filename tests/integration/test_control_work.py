@@ -210,6 +210,21 @@ def test_a_paused_model_leases_nothing_of_any_dataset_until_resumed(database_url
     assert [r["state"] for r in catalog.list_datasets(database_url)] == ["finished", "finished"]
 
 
+def test_resuming_a_model_leaves_datasets_paused_on_their_own_paused(database_url, h):
+    a, b = two_datasets(database_url, h)
+    control.pause_dataset(database_url, a)
+    control.pause_model(database_url, "alphabet")
+    assert [r["state"] for r in catalog.list_datasets(database_url)] == ["paused", "paused"]
+    change = control.resume_model(database_url, "alphabet")
+    assert change.message == (f"model alphabet resumed: 52 duties wait for citizens; dataset {a} "
+                              f"stays paused (civic dataset resume {a})")
+    assert [r["state"] for r in catalog.list_datasets(database_url)] == ["paused", "running"]
+    assert control.resume_model(database_url, "alphabet").message.startswith(
+        "model alphabet is not paused")
+    assert [a for a, _ in audit_rows(database_url, h)] == ["dataset pause", "model pause",
+                                                           "model resume"]
+
+
 def test_a_new_version_of_a_paused_model_is_paused_too(database_url, h, model_copy):
     catalog.add_model(database_url, h.ALPHABET)
     control.pause_model(database_url, "alphabet")

@@ -88,7 +88,9 @@ def list_(ctx: typer.Context,
     """List datasets with their duties by state."""
     c: Context = ctx.obj
     rows = catalog.list_datasets(c.database_url(), model)
-    counts = ("records", "duties", *SHOWN)
+    # Done and pending always; failed, inconclusive and cancelled only when some dataset has any.
+    counts = ("records", "duties", *(state for state in SHOWN if state in ("done", "pending")
+                                     or any(r[state] for r in rows)))
     c.listing(rows, json=json,
               empty="no datasets yet; import one with: civic dataset import MODEL FILE",
               columns=("id", "model", "source", "state", *counts),

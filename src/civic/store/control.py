@@ -305,7 +305,8 @@ def resume_model(url: str, name: str) -> Change:
         conn.row_factory = dict_row
         versions = _lock_model(conn, name)
         changed = conn.execute(q("resume_model"), {"name": name}).rowcount > 0
-        work = _work(conn, _model_datasets(conn, versions))
+        datasets = _model_datasets(conn, versions)
+        work = _work(conn, datasets)
         target = f"model {name}"
         if changed:
             conn.execute(q("announce_work"))
@@ -313,6 +314,12 @@ def resume_model(url: str, name: str) -> Change:
             message = f"{target} resumed: {_duties(work['waiting'])} wait for citizens"
         else:
             message = f"{target} is not paused"
+        still = [r["id"] for r in conn.execute(q("paused_datasets"), {"ids": datasets})]
+        if still:
+            which = ", ".join(str(d) for d in still)
+            message += (f"; dataset {which} stays paused (civic dataset resume {which})"
+                        if len(still) == 1 else
+                        f"; datasets {which} stay paused (civic dataset resume ID)")
         return Change("resume", target, changed, "running" if work["waiting"] else "idle",
                       work["waiting"], work["out"], work["done"], message=message)
 

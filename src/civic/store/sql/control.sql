@@ -136,3 +136,7 @@ UPDATE models n SET paused_at = o.paused_at
 FROM models o
 WHERE n.id = %(id)s AND o.name = n.name AND o.version = n.version - 1
   AND o.paused_at IS NOT NULL;
+
+-- name: paused_datasets
+-- Of these datasets, those paused on their own.
+SELECT id FROM datasets WHERE id = ANY(%(ids)s::bigint[]) AND paused_at IS NOT NULL ORDER BY id;
