@@ -44,6 +44,15 @@ class DuplicateDataset(UsageError):
         super().__init__(message)
 
 
+class NeedsConfirmation(UsageError):
+    """Raised when a destructive operation would delete results or work under way and was not
+    confirmed (``--yes``, or a prompt on a terminal); keeps what it would do in ``plan``."""
+
+    def __init__(self, question: str, plan: object = None) -> None:
+        self.question, self.plan = question, plan
+        super().__init__(f"{question}; nothing removed — pass --yes to remove it")
+
+
 class NotFound(CivicError):
     """Raised when a model, dataset or citizen named by the user does not exist."""
 

@@ -20,7 +20,7 @@ from civic.errors import CivicError, UsageError
 from civic.models import load_manifest
 from civic.server.runner import ServerThread
 from civic.server.service import ServerOptions
-from civic.store import catalog
+from civic.store import catalog, control
 from civic.store.states import DutyState
 
 POLL = 0.5  # seconds between progress reads
@@ -124,6 +124,14 @@ class _Stalls:
         if time.monotonic() - self.last < self.EVERY:
             return
         self.last = time.monotonic()
+        held = control.held(self.url, self.dataset_id)
+        if held is not None:  # the operator's doing: wait for the resume, fail nothing
+            if held not in self.told:
+                self.told.add(held)
+                self.event(held)
+            self.seen = set()
+            return
+        self.told = {t for t in self.told if "paused" not in t}  # say it again if paused again
         now: set[tuple[str, int]] = set()
         for wait in catalog.waiting(self.url, self.dataset_id):
             if wait.kind == "no-citizen":

@@ -521,7 +521,8 @@ def test_two_agents_compute_the_whole_alphabet(alphabet, database_url, tmp_path,
                                     [tmp_path / "c1", tmp_path / "c2"], timeout=120)
 
     progress = asyncio.run(scenario())
-    assert progress == {"total": 26, "pending": 0, "done": 26, "inconclusive": 0, "failed": 0}
+    assert progress == {"total": 26, "pending": 0, "done": 26, "inconclusive": 0, "failed": 0,
+                        "cancelled": 0}
 
     rows = h.fetch(database_url, "SELECT input::jsonb, canonical::jsonb FROM duties"
                                  " WHERE dataset_id = %s ORDER BY first_record", (alphabet.id,))

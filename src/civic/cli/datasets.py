@@ -1,7 +1,9 @@
-"""``civic dataset``: import and list datasets."""
+"""``civic dataset``: import, list, pause, resume, cancel and remove datasets."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,11 +12,16 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from civic.cli.context import Context
 from civic.datasets import FORMATS, STDIN, display_name
-from civic.errors import UsageError
-from civic.store import catalog
+from civic.errors import NeedsConfirmation, UsageError
+from civic.store import catalog, control
 from civic.store.states import SHOWN
 
-app = typer.Typer(no_args_is_help=True, help="Import records for a model and cut them into duties.")
+app = typer.Typer(no_args_is_help=True, help="Import records for a model and cut them into "
+                                              "duties; pause, resume, cancel or remove them.")
+
+JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+YES = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask: delete results too.")]
+ID = Annotated[int, typer.Argument(help="Dataset id (see civic dataset list).")]
 
 
 @app.command("import")
@@ -81,9 +88,75 @@ def list_(ctx: typer.Context,
     """List datasets with their duties by state."""
     c: Context = ctx.obj
     rows = catalog.list_datasets(c.database_url(), model)
-    counts = ("records", "duties", *SHOWN)
+    # Done and pending always; failed, inconclusive and cancelled only when some dataset has any.
+    counts = ("records", "duties", *(state for state in SHOWN if state in ("done", "pending")
+                                     or any(r[state] for r in rows)))
     c.listing(rows, json=json,
               empty="no datasets yet; import one with: civic dataset import MODEL FILE",
-              columns=("id", "model", "source", *counts),
+              columns=("id", "model", "source", "state", *counts),
               cells=lambda r: [str(r["id"]), f"{r['model']} v{r['model_version']}", r["source"],
-                               *(str(r[k]) for k in counts)])
+                               r["state"], *(str(r[k]) for k in counts)])
+
+
+def report(c: Context, result: object, message: str, json: bool) -> None:
+    """A control operation's outcome: its dataclass as JSON, or its message."""
+    if json:
+        c.print_json(result)
+    else:
+        c.out.print(message, highlight=False)
+
+
+def removing(c: Context, remove: Callable[[bool], control.Removal], yes: bool,
+             json: bool) -> None:
+    """Remove, asking first on a terminal when results (or work under way) would go too;
+    without a terminal, NeedsConfirmation says what would go and to pass --yes."""
+    try:
+        removal = remove(yes)
+    except NeedsConfirmation as exc:
+        if not sys.stdin.isatty():
+            raise
+        if not typer.confirm(f"{exc.question}. Remove it?", default=False, err=True):
+            c.note("nothing removed")
+            raise typer.Exit(1) from None
+        removal = remove(True)
+    report(c, removal, removal.message, json)
+
+
+@app.command("pause")
+def pause(ctx: typer.Context, dataset: ID, json: JSON = False) -> None:
+    """Stop leasing DATASET's duties, on every server of the database.
+
+    Replicas already out finish and their results count."""
+    c: Context = ctx.obj
+    change = control.pause_dataset(c.database_url(), dataset)
+    report(c, change, change.message, json)
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, dataset: ID, json: JSON = False) -> None:
+    """Lease DATASET's duties again; waiting citizens get them at once."""
+    c: Context = ctx.obj
+    change = control.resume_dataset(c.database_url(), dataset)
+    report(c, change, change.message, json)
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, dataset: ID, json: JSON = False) -> None:
+    """Give up DATASET's pending duties: they become cancelled.
+
+    Done duties keep their results; results of replicas still out are kept as late, counted
+    for nobody. `civic duties retry --dataset ID --state cancelled` computes them after all."""
+    c: Context = ctx.obj
+    change = control.cancel_dataset(c.database_url(), dataset)
+    report(c, change, change.message, json)
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, dataset: ID, yes: YES = False, json: JSON = False) -> None:
+    """Delete DATASET with its duties and replicas.
+
+    If it holds results, or citizens compute it now, asks first (on a terminal) or needs
+    --yes."""
+    c: Context = ctx.obj
+    url = c.database_url()
+    removing(c, lambda sure: control.remove_dataset(url, dataset, yes=sure), yes, json)

@@ -1,4 +1,4 @@
-"""``civic model``: add, list and show models."""
+"""``civic model``: add, list, show, pause, resume and remove models."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from civic.cli.context import Context
-from civic.store import catalog
+from civic.cli.datasets import YES, removing, report
+from civic.store import catalog, control
 
-app = typer.Typer(no_args_is_help=True, help="Add and inspect models (your program + civic.yaml).")
+app = typer.Typer(no_args_is_help=True, help="Add and inspect models (your program + civic.yaml); "
+                                              "pause, resume or remove them.")
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NAME = Annotated[str, typer.Argument(help="Model name (every version of it).")]
 
 
 @app.command("add")
@@ -40,9 +43,9 @@ def list_(ctx: typer.Context, json: JSON = False) -> None:
     c.listing(rows, json=json, empty="no models yet; add one with: civic model add DIR",
               as_json=[{"name": r.name, "version": r.version, "bundle_sha256": r.bundle_sha256,
                         "datasets": r.datasets, "description": r.manifest.get("description", ""),
-                        "created_at": r.created_at} for r in rows],
-              columns=("model", "version", "datasets", "description", "added"),
-              cells=lambda r: [r.name, str(r.version), str(r.datasets),
+                        "created_at": r.created_at, "state": r.state} for r in rows],
+              columns=("model", "version", "state", "datasets", "description", "added"),
+              cells=lambda r: [r.name, str(r.version), r.state, str(r.datasets),
                                r.manifest.get("description", ""),
                                f"{r.created_at:%Y-%m-%d %H:%M}"])
 
@@ -68,3 +71,33 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model nam
     for d in model["datasets"]:
         c.out.print(f"  dataset {d['id']}: {d['records']} records in {d['duties']} duties, "
                     f"{d['done']} done", highlight=False)
+
+
+@app.command("pause")
+def pause(ctx: typer.Context, name: NAME, json: JSON = False) -> None:
+    """Stop leasing the duties of every version of model NAME, on every server.
+
+    Replicas already out finish and their results count."""
+    c: Context = ctx.obj
+    change = control.pause_model(c.database_url(), name)
+    report(c, change, change.message, json)
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, name: NAME, json: JSON = False) -> None:
+    """Lease model NAME's duties again (datasets paused on their own stay paused)."""
+    c: Context = ctx.obj
+    change = control.resume_model(c.database_url(), name)
+    report(c, change, change.message, json)
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, name: NAME, yes: YES = False, json: JSON = False) -> None:
+    """Delete ALL versions of model NAME with their datasets and results.
+
+    Deletes every version, their datasets (duties, replicas, results) and the bundles no other
+    model uses. If that deletes results or pending duties, or citizens compute it now, asks
+    first (on a terminal) or needs --yes."""
+    c: Context = ctx.obj
+    url = c.database_url()
+    removing(c, lambda sure: control.remove_model(url, name, yes=sure), yes, json)

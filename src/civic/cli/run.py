@@ -36,6 +36,8 @@ def run(
     """Add the model, import its dataset, compute it with local citizens, print the results.
 
     Run again with the same model and file, it resumes (or just shows) what the earlier run did.
+    Exits with 6 when some duties end without a verified result (failed, inconclusive, or
+    cancelled by an operator); while an operator pauses the dataset or its model, it waits.
     """
     c: Context = ctx.obj
     if output is not None:  # checked before any computing, not after it
@@ -58,7 +60,8 @@ def run(
     p = report.progress
     c.note(f"{p[DutyState.DONE]} of {p['total']} duties verified"
            + "".join(f", {p[state]} {state}" for state in (DutyState.FAILED,
-                                                             DutyState.INCONCLUSIVE) if p[state]))
+                                                             DutyState.INCONCLUSIVE,
+                                                             DutyState.CANCELLED) if p[state]))
     if output is not None:
         fmt = "jsonl" if output.suffix in (".jsonl", ".ndjson") else "csv"
         with open(output, "w", newline="") as f:

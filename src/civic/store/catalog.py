@@ -62,6 +62,7 @@ class ModelSummary:
     manifest: dict[str, Any]
     created_at: datetime
     datasets: int  # datasets imported for any of its versions
+    state: str = "idle"  # paused | running (duties pending) | idle
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def add_model(url: str, model_dir: Path) -> ModelAdded:
                 "needs_memory": manifest.memory_bytes, "needs_build": manifest.build is not None,
                 "platforms": None if manifest.platforms is None else list(manifest.platforms),
             }).fetchone()
+            conn.execute(q("inherit_pause"), {"id": row["id"]})  # a paused model stays paused
             return ModelAdded(manifest.name, row["version"], packed.sha256, True, manifest)
     finally:
         packed.path.unlink(missing_ok=True)

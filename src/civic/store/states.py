@@ -30,8 +30,11 @@ class ReplicaState(StrEnum):
     ERROR = "error"  # the model failed, or the citizen said it could not compute it
     EXPIRED = "expired"  # its deadline passed without a result
     LATE = "late"  # a result that came after its duty settled: kept, counted for nobody
+    RETIRED = "retired"  # a result from before its duty was retried: kept, counted for nobody
 
 
-FINISHED = frozenset({DutyState.DONE, DutyState.INCONCLUSIVE, DutyState.FAILED})
+FINISHED = frozenset({DutyState.DONE, DutyState.INCONCLUSIVE, DutyState.FAILED,
+                      DutyState.CANCELLED})
 # The order listings show a dataset's duty counts in: finished work first.
-SHOWN = (DutyState.DONE, DutyState.PENDING, DutyState.FAILED, DutyState.INCONCLUSIVE)
+SHOWN = (DutyState.DONE, DutyState.PENDING, DutyState.FAILED, DutyState.INCONCLUSIVE,
+         DutyState.CANCELLED)

@@ -19,9 +19,16 @@ VALUES (%(name)s, %(version)s, %(bundle_sha256)s, %(manifest)s, %(needs_memory)s
 RETURNING id, name, version, bundle_sha256, manifest, created_at;
 
 -- name: list_models
+-- Each model's latest version; its state: paused, running (a dataset of any version has
+-- pending duties and is not cancelled) or idle.
 SELECT DISTINCT ON (m.name) m.name, m.version, m.bundle_sha256, m.manifest, m.created_at,
        (SELECT count(*) FROM datasets d JOIN models mm ON mm.id = d.model_id
-         WHERE mm.name = m.name) AS datasets
+         WHERE mm.name = m.name) AS datasets,
+       CASE WHEN m.paused_at IS NOT NULL THEN 'paused'
+            WHEN EXISTS (SELECT 1 FROM datasets d JOIN models mm ON mm.id = d.model_id
+                         JOIN duties u ON u.dataset_id = d.id AND u.state = 'pending'
+                         WHERE mm.name = m.name AND d.cancelled_at IS NULL) THEN 'running'
+            ELSE 'idle' END AS state
 FROM models m
 ORDER BY m.name, m.version DESC;
 
@@ -64,17 +71,25 @@ UPDATE datasets SET records = %(records)s, duties = %(duties)s, sha256 = %(sha25
 WHERE id = %(id)s;
 
 -- name: list_datasets
+-- Each dataset with its duties by state and its own state: cancelled, finished (nothing
+-- pending), paused (it or its model), else running.
 SELECT d.id, m.name AS model, m.version AS model_version, d.source, d.format, d.records,
        d.duties, d.records_per_duty, d.replication, d.quorum, d.distinct_by, d.created_at,
        count(u.id) FILTER (WHERE u.state = 'pending') AS pending,
        count(u.id) FILTER (WHERE u.state = 'done') AS done,
        count(u.id) FILTER (WHERE u.state = 'inconclusive') AS inconclusive,
-       count(u.id) FILTER (WHERE u.state = 'failed') AS failed
+       count(u.id) FILTER (WHERE u.state = 'failed') AS failed,
+       count(u.id) FILTER (WHERE u.state = 'cancelled') AS cancelled,
+       CASE WHEN d.cancelled_at IS NOT NULL THEN 'cancelled'
+            WHEN count(u.id) FILTER (WHERE u.state = 'pending') = 0 THEN 'finished'
+            WHEN d.paused_at IS NOT NULL OR m.paused_at IS NOT NULL THEN 'paused'
+            ELSE 'running' END AS state,
+       d.paused_at, m.paused_at AS model_paused_at, d.cancelled_at
 FROM datasets d
 JOIN models m ON m.id = d.model_id
 LEFT JOIN duties u ON u.dataset_id = d.id
 WHERE %(model)s::text IS NULL OR m.name = %(model)s
-GROUP BY d.id, m.name, m.version
+GROUP BY d.id, m.id
 ORDER BY d.id;
 
 -- name: latest_dataset
@@ -141,7 +156,8 @@ WHERE id = %(id)s;
 -- models that fit it (memory, a C compiler for a build step, its platform), never one where a
 -- replica that counts (leased, returned, valid) already comes from the same citizen, host or
 -- volunteer (the dataset's distinct_by; volunteer implies host), nor one it failed within the
--- last %(pause)s seconds (others first). A new lease must start within %(window)s seconds.
+-- last %(pause)s seconds (others first), nor one of a paused or cancelled dataset or of a paused
+-- model. A new lease must start within %(window)s seconds.
 -- SKIP LOCKED lets any number of servers lease from one database without waiting on each other.
 WITH me AS (
     SELECT c.id, c.host, c.volunteer_id, c.memory, c.builds,
@@ -161,7 +177,10 @@ WITH me AS (
     SELECT u.id FROM duties u JOIN datasets ds ON ds.id = u.dataset_id CROSS JOIN me
     WHERE u.state = 'pending' AND u.open_slots > 0
       AND u.model_id IN (SELECT id FROM fit)
-      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+      AND u.dataset_id = ANY (ARRAY(  -- those not held by the operator, in one small read
+          SELECT d.id FROM datasets d JOIN models m ON m.id = d.model_id
+          WHERE d.paused_at IS NULL AND d.cancelled_at IS NULL AND m.paused_at IS NULL
+            AND (%(datasets)s::bigint[] IS NULL OR d.id = ANY(%(datasets)s::bigint[]))))
       AND NOT EXISTS (
           SELECT 1 FROM replicas r
           WHERE r.duty_id = u.id
@@ -172,7 +191,7 @@ WITH me AS (
                  OR (r.citizen_id = me.id AND r.state IN ('error', 'expired')
                      AND coalesce(r.returned_at, r.deadline)
                          > now() - make_interval(secs => %(pause)s))))
-    ORDER BY u.id
+    ORDER BY u.dataset_id, u.id  -- duties_waiting_by_dataset: held datasets are never walked
     LIMIT (SELECT room FROM me)
     FOR UPDATE OF u SKIP LOCKED
 ), taken AS (
@@ -215,14 +234,37 @@ WHERE c.id = ANY(%(ids)s::uuid[]) AND v.removed_at IS NULL
 -- name: lease_window
 -- The first %(limit)s duties waiting for a replica (of those in %(ids)s, if given), with what
 -- their model needs, the sources of their replicas that count, and the citizens that failed
--- them within %(pause)s seconds: what a batch of requests is matched against.
-WITH c AS (
-    SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
-    WHERE u.state = 'pending' AND u.open_slots > 0
-      AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
-      AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
-    ORDER BY u.id
-    LIMIT %(limit)s
+-- them within %(pause)s seconds: what a batch of requests is matched against. None of a paused
+-- or cancelled dataset or of a paused model: every batch reads those flags afresh.
+WITH held AS MATERIALIZED (  -- does a dataset the operator holds back have duties waiting?
+    SELECT EXISTS (
+        SELECT 1 FROM datasets d JOIN models m ON m.id = d.model_id
+        WHERE (d.paused_at IS NOT NULL OR d.cancelled_at IS NOT NULL OR m.paused_at IS NOT NULL)
+          AND EXISTS (SELECT 1 FROM duties u WHERE u.dataset_id = d.id
+                                               AND u.state = 'pending' AND u.open_slots > 0)
+    ) AS waiting
+), c AS (
+    -- Usually not: the first waiting duties, one walk of duties_waiting as ever.
+    (SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+     WHERE u.state = 'pending' AND u.open_slots > 0
+       AND NOT (SELECT waiting FROM held)
+       AND (%(datasets)s::bigint[] IS NULL OR u.dataset_id = ANY(%(datasets)s::bigint[]))
+       AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
+     ORDER BY u.id
+     LIMIT %(limit)s)
+    UNION ALL
+    -- Else the first waiting duties of the datasets not held, dataset by dataset, in one
+    -- ordered scan of duties_waiting_by_dataset: no batch walks past a big paused dataset.
+    (SELECT u.id, u.open_slots, u.model_id, u.dataset_id FROM duties u
+     WHERE u.state = 'pending' AND u.open_slots > 0
+       AND (SELECT waiting FROM held)
+       AND u.dataset_id = ANY (ARRAY(
+           SELECT ds.id FROM datasets ds JOIN models m ON m.id = ds.model_id
+           WHERE ds.paused_at IS NULL AND ds.cancelled_at IS NULL AND m.paused_at IS NULL
+             AND (%(datasets)s::bigint[] IS NULL OR ds.id = ANY(%(datasets)s::bigint[]))))
+       AND (%(ids)s::bigint[] IS NULL OR u.id = ANY(%(ids)s::bigint[]))
+     ORDER BY u.dataset_id, u.id
+     LIMIT %(limit)s)
 )
 SELECT c.id, c.open_slots, ds.distinct_by, m.needs_memory, m.needs_build, m.platforms,
        r.citizens, r.hosts, r.volunteers, r.failed
@@ -480,7 +522,8 @@ SELECT count(*) AS total,
        count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'done') AS done,
        count(*) FILTER (WHERE state = 'inconclusive') AS inconclusive,
-       count(*) FILTER (WHERE state = 'failed') AS failed
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
 FROM duties WHERE dataset_id = %(dataset_id)s;
 
 -- name: ensure_join_token
