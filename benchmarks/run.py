@@ -5,7 +5,8 @@ Usage: python benchmarks/run.py [--quick] [--baseline DIR] [--output FILE] [--ru
 Everything runs on this machine against one private embedded PostgreSQL (a temporary CIVIC
 home, migrated by this tree, pg_stat_statements preloaded). Servers are `civic server run`
 subprocesses of this tree ("after") and, with --baseline, of an earlier checkout ("before",
-PYTHONPATH=DIR/src, on the schema this tree migrated). Each figure is measured --runs times
+PYTHONPATH=DIR/src, on the schema this tree migrated); so are each variant's process citizens
+and imports (variant.py). Each figure is measured --runs times
 (3; --quick: 1, small sizes, for CI), the variants and peers of a phase interleaved round by
 round, and reported as the median with the range (min–max). See RESULTS.md for the method.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -31,12 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Cluster, cpu_seconds, rss_bytes, servers  # noqa: E402
-from loadgen import Probe, drive, identities  # noqa: E402
+from loadgen import LoadError, Probe, drive, identities  # noqa: E402
 from report import write  # noqa: E402
 
 import psycopg  # noqa: E402
 
-from civic.citizen.runtimes import Joining, ProcessRuntime  # noqa: E402
 from civic.store import catalog  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -141,6 +142,21 @@ class Bench:
         with self.cluster.connect() as db:
             db.execute("VACUUM ANALYZE")
             db.execute("CHECKPOINT")
+
+    def in_tree(self, variant: str, args: list[str], log: Path, **popen: object
+                ) -> subprocess.Popen[str]:
+        """``variant.py ARGS`` in a process of its own, with the variant's tree on PYTHONPATH."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(self.variants[variant])}
+        with open(log, "a") as err:
+            return subprocess.Popen([sys.executable, str(HERE / "variant.py"), *args], env=env,
+                                    stderr=err, text=True, **popen)  # type: ignore[call-overload]
+
+    def same_tree(self, variant: str, package: str) -> None:
+        """A variant's process ran the tree it was meant to (PYTHONPATH was not overridden)."""
+        if Path(package) != (self.variants[variant] / "civic").resolve():
+            raise RuntimeError(f"{variant} ran the civic at {package}, not the one in "
+                               f"{self.variants[variant]}")
 
     # --- one dispatch run (P1, P3, P6) ------------------------------------------------------
 
@@ -271,35 +287,61 @@ class Bench:
         sample = self.root / "p1e-input.json"
         sample.write_text('[{"n": "0"}]')
         for round_ in range(self.sizes.runs):
-            seconds = self.citizens_run("bench-r1", self.sizes.p1e, f"p1e-{round_}", prefetch=4)
-            self.add(("P1e", "civic"), self.sizes.p1e / seconds)
+            for variant in self.variants:
+                seconds = self.citizens_run(variant, "bench-r1", self.sizes.p1e,
+                                            f"p1e-{round_}-{variant}", prefetch=4)
+                self.add(("P1e", variant), self.sizes.p1e / seconds)
             started = time.perf_counter()
             subprocess.run(["bash", "-c", f'for i in $(seq {self.sizes.p1e}); do cp "$1" "$2"; '
                             "done", "loop", str(sample), str(self.root / "p1e-output.json")],
                            check=True)
             self.add(("P1e", "shell"), self.sizes.p1e / (time.perf_counter() - started))
-            self.log(f"P1e: civic {self.figures[('P1e', 'civic')][-1]:,.0f}/s, shell loop "
-                     f"{self.figures[('P1e', 'shell')][-1]:,.0f}/s")
+            self.log("P1e: " + ", ".join(f"{v} {self.figures[('P1e', v)][-1]:,.0f}/s"
+                                         for v in self.variants)
+                     + f", shell loop {self.figures[('P1e', 'shell')][-1]:,.0f}/s")
 
-    def citizens_run(self, model: str, duties: int, prefix: str, prefetch: int,
+    def citizens_run(self, variant: str, model: str, duties: int, prefix: str, prefetch: int,
                      count: int = 2) -> float:
-        """Seconds from spawning ``count`` process citizens to the last of ``duties`` done."""
+        """Seconds from spawning ``count`` process citizens of the variant's tree, against its
+        server, to the last of ``duties`` done."""
         dataset_id = self.import_duties(model, duties)
+        logs = self.root / "logs" / prefix
         try:
-            with servers(self.variants["after"], self.url, self.root / "logs" / prefix) as procs:
-                runtime = ProcessRuntime(self.root / "citizens", self.root / "logs" / prefix)
-                joining = Joining(f"127.0.0.1:{procs[0].port}", prefetch, token=self.token)
-                started = time.perf_counter()
-                spawned = runtime.spawn(joining, [f"{prefix}-{i}" for i in range(count)])
+            with servers(self.variants[variant], self.url, logs) as procs:
+                names = [f"{prefix}-{i}" for i in range(count)]
+                runner = self.in_tree(variant, ["citizens", f"127.0.0.1:{procs[0].port}",
+                                                str(prefetch), str(self.root / "citizens"),
+                                                str(logs), *names], logs / "citizens.log",
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                assert runner.stdin is not None and runner.stdout is not None
                 try:
+                    runner.stdin.write(f"{self.token}\n")
+                    runner.stdin.flush()
+                    ready, _, where = runner.stdout.readline().strip().partition(" ")
+                    if ready != "ready":
+                        raise RuntimeError(f"{prefix}: the {variant} citizens did not start: "
+                                           f"{(logs / 'citizens.log').read_text()[-2000:]}")
+                    self.same_tree(variant, where)
+                    started = time.perf_counter()
+                    runner.stdin.write("go\n")
+                    runner.stdin.flush()
                     deadline = time.monotonic() + 600
                     while catalog.progress(self.url, dataset_id)["pending"]:
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"{prefix}: duties still pending after 600 s")
+                        if runner.poll() is not None:
+                            raise RuntimeError(f"{prefix}: the {variant} citizens exited "
+                                               f"{runner.returncode}")
                         time.sleep(0.02)
                     return time.perf_counter() - started
                 finally:
-                    runtime.stop(spawned)
+                    with contextlib.suppress(OSError):
+                        runner.stdin.close()  # the runner stops its citizens
+                    try:
+                        runner.wait(30)
+                    except subprocess.TimeoutExpired:
+                        runner.kill()
+                        runner.wait()
         finally:
             self.drop(dataset_id)
 
@@ -315,8 +357,11 @@ class Bench:
             path.write_text(json.dumps([{"n": str(n)}]))
             jobs.append((str(busy), str(path), str(inputs / f"{n}.out")))
         for round_ in range(self.sizes.runs):
-            civic = self.citizens_run(model, self.sizes.p2, f"p2-{round_}", prefetch=1)
-            self.add(("P2", "civic"), self.sizes.p2 / civic)
+            seconds = {}
+            for variant in self.variants:
+                seconds[variant] = self.citizens_run(variant, model, self.sizes.p2,
+                                                     f"p2-{round_}-{variant}", prefetch=1)
+                self.add(("P2", variant), self.sizes.p2 / seconds[variant])
             # spawn, not fork: this process has threads (psycopg's COPY writer), and a pool
             # forked from it hung once on a lock a thread held.
             started = time.perf_counter()  # from starting the workers, as for the citizens
@@ -326,7 +371,8 @@ class Bench:
                 pool.close()
                 pool.join()
             self.add(("P2", "pool"), self.sizes.p2 / pooled)
-            self.log(f"P2: civic {civic:.2f}s, Pool(2) {pooled:.2f}s for {self.sizes.p2} duties")
+            self.log("P2: " + ", ".join(f"{v} {t:.2f}s" for v, t in seconds.items())
+                     + f", Pool(2) {pooled:.2f}s for {self.sizes.p2} duties")
 
     def _busy_binary(self) -> Path:
         """``busy``: about 0.1 s of CPU per run on this machine (calibrated once), then a copy."""
@@ -420,14 +466,28 @@ class Bench:
         path = self.records(count)
         for round_ in range(self.sizes.runs):
             for per_duty in (1, 100):
-                started = time.perf_counter()
-                imported = catalog.import_dataset(self.url, "bench-r1", path, again=True,
-                                                  records_per_duty=per_duty)
-                self.add(("P4", f"{per_duty}", "import"), count / (time.perf_counter() - started))
-                self.drop(imported.id)
-                self.add(("P4", f"{per_duty}", "copy"), count / self.raw_copy(count, per_duty))
-                self.log(f"P4 {per_duty}/duty: import {self.figures[('P4', str(per_duty), 'import')][-1]:,.0f}"
-                         f" records/s, COPY {self.figures[('P4', str(per_duty), 'copy')][-1]:,.0f}")
+                key = ("P4", f"{per_duty}")
+                for variant in self.variants:
+                    self.add((*key, variant), count / self.import_in(variant, path, per_duty))
+                self.add((*key, "copy"), count / self.raw_copy(count, per_duty))
+                self.log(f"P4 {per_duty}/duty: import "
+                         + ", ".join(f"{v} {self.figures[(*key, v)][-1]:,.0f}"
+                                     for v in self.variants)
+                         + f" records/s, COPY {self.figures[(*key, 'copy')][-1]:,.0f}")
+
+    def import_in(self, variant: str, path: Path, per_duty: int) -> float:
+        """Seconds the variant's ``catalog.import_dataset`` takes, in a process of its own
+        (timed there, around the call); the dataset is dropped afterwards."""
+        runner = self.in_tree(variant, ["import", self.url, "bench-r1", str(path), str(per_duty)],
+                              self.root / "logs" / "p4.log", stdout=subprocess.PIPE)
+        out, _ = runner.communicate(timeout=600)
+        if runner.returncode:
+            raise RuntimeError(f"{variant} import exited {runner.returncode}: "
+                               f"{(self.root / 'logs' / 'p4.log').read_text()[-2000:]}")
+        result = json.loads(out.strip().splitlines()[-1])
+        self.drop(result["id"])
+        self.same_tree(variant, result["civic"])
+        return float(result["seconds"])
 
     def raw_copy(self, count: int, per_duty: int) -> float:
         """Seconds to COPY the rows an import of ``count`` records would write (prepared in
@@ -452,12 +512,21 @@ class Bench:
             self.drop(dataset_id)
 
     def p6(self) -> None:
-        """Dispatch at prefetch 32 with 1, 2 and 3 servers on one database."""
+        """Dispatch at prefetch 32 with 1, 2 and 3 servers on one database, each variant's.
+        Every server listens on a port of its own (the baseline has no --reuse-port) and the
+        simulated citizens are spread round-robin over them."""
         for round_ in range(self.sizes.runs):
             for count in (1, 2, 3):
-                self.record_dispatch(("P6", f"{count}"),
-                                     self.dispatch("after", 1, 32, self.sizes.p32,
-                                                   servers_count=count))
+                for variant in self.variants:
+                    try:
+                        figures = self.dispatch(variant, 1, 32, self.sizes.p32,
+                                                servers_count=count)
+                    except (LoadError, RuntimeError) as exc:  # the other runs still count
+                        self.notes["P6"].append(f"{count} server(s) {variant}, round "
+                                                f"{round_ + 1}: {exc}"[:500])
+                        self.log(f"P6 {count} {variant} FAILED: {exc!r}")
+                        continue
+                    self.record_dispatch(("P6", f"{count}", variant), figures)
 
 
 def _installed(module: str) -> bool:
