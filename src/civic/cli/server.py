@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from civic.cli import console
 from civic.cli.context import Context
 from civic.deploy import engine, images
 from civic.deploy.install import Installation, InstallOptions
@@ -193,3 +194,6 @@ def uninstall(ctx: typer.Context,
         typer.confirm(f"Remove the CIVIC {what} of instance {installation.instance!r}?",
                       abort=True)
     installation.uninstall(purge, step=c.note)
+
+
+app.command("console")(console.console)
