@@ -183,8 +183,8 @@ def completions(command: Any, words: Sequence[str], current: str) -> list[str]:
         elif _is_group(target) and len(_path(command, argv)) == len(argv):
             found = list(target.commands)
         if current.startswith("-"):
-            found = [o for p in target.params for o in getattr(p, "opts", ())
-                     if o.startswith("--")]
+            found = ["--help", *(o for p in target.params for o in getattr(p, "opts", ())
+                                 if o.startswith("--"))]
     return sorted({w for w in found if w.startswith(current)})
 
 
