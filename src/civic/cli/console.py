@@ -45,7 +45,9 @@ def console(
 
 def status_screen(c: Context, url: str, width: int) -> str:
     """What `civic status` prints, as text with ANSI colours, for the console's top pane: the
-    one place that knows how the status is rendered."""
+    one place that knows how the status is rendered. (Once civic.cli.status has
+    ``render_status``, the call below becomes
+    ``screen.print(status.render_status(monitor.status(url)))``.)"""
     buffer = io.StringIO()
     screen = Console(file=buffer, width=width, color_system="standard", soft_wrap=False)
     status.status(SimpleNamespace(obj=Context(c.settings, out=screen, err=screen, _url=url)),

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from civic.cli import console
 from civic.cli.context import Context
 from civic.deploy import engine, images
 from civic.deploy.install import Installation, InstallOptions
@@ -196,4 +195,6 @@ def uninstall(ctx: typer.Context,
     installation.uninstall(purge, step=c.note)
 
 
-app.command("console")(console.console)
+from civic.cli.console import console  # noqa: E402 - registered last: one hunk, easy to merge
+
+app.command("console")(console)
