@@ -178,6 +178,9 @@ def test_console_during_a_run(cluster: Cluster, tmux: Tmux, tmp_path: Path) -> N
     screen = tmux.wait_for(lambda s: "civic> models" in s and "square" in
                            output_pane(s).split("civic> models")[-1])
 
+    tmux.type("results square")  # verified results so far, as CSV
+    tmux.wait_for(lambda s: "duty,record,n,square" in output_pane(s))
+
     # `duty ID` is `civic duty show ID` and `pause ID` is `civic dataset pause ID`, written
     # beside the console (issue 9): until they are in this build, the console says there is
     # no such command and carries on; once they are, they do what they say.

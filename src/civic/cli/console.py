@@ -38,9 +38,11 @@ def console(
     from civic.cli.main import app  # here: main imports the module that registers this command
     from civic.console.app import ConsoleApp  # prompt_toolkit only for the console
 
-    ConsoleApp(typer.main.get_command(app), ["--database-url", url, "--home", str(c.settings.home)],
-               url, redact(url), lambda width: status_screen(c, url, width),
-               c.settings.home / HISTORY, refresh).run()
+    home = c.settings.home
+    where = (redact(url) if database_url or c.settings.database_url
+             else f"the embedded PostgreSQL of {home}")
+    ConsoleApp(typer.main.get_command(app), ["--database-url", url, "--home", str(home)], url,
+               where, lambda width: status_screen(c, url, width), home / HISTORY, refresh).run()
 
 
 def status_screen(c: Context, url: str, width: int) -> str:

@@ -38,6 +38,7 @@ from rich.console import Console
 from civic.console.commands import Line, Router, Runner, asks_yes, completions, help_text, parse
 from civic.console.logs import Follower
 from civic.console.pane import Pane
+from civic.console.terminal import Terminal
 from civic.errors import CivicError
 
 RED, YELLOW, DIM, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
@@ -67,10 +68,7 @@ class ConsoleApp:
         self.confirm: Sequence[str] | None = None  # a command waiting for y to run with --yes
         self.buffer = Buffer(history=_history(history), completer=_Completer(command),
                              multiline=False, accept_handler=self._accept)
-        self.app: Application[None] = Application(
-            layout=self._layout(), key_bindings=self._keys(), style=STYLE, full_screen=True,
-            min_redraw_interval=0.05, input=create_input(sys.stdin),
-            output=create_output(stdout=sys.stdout))
+        self.app: Application[None] | None = None  # made in run(), on the terminal's copies
 
     # -- screen -----------------------------------------------------------------------------
 
@@ -89,10 +87,10 @@ class ConsoleApp:
         return Layout(root, focused_element=prompt)
 
     def _rows(self) -> int:
-        return self.app.output.get_size().rows if hasattr(self, "app") else 24
+        return self.app.output.get_size().rows if self.app else 24
 
     def _width(self) -> int:
-        return self.app.output.get_size().columns if hasattr(self, "app") else 80
+        return self.app.output.get_size().columns if self.app else 80
 
     def _status_limit(self) -> int:
         return max(4, self._rows() // 2)
@@ -102,8 +100,7 @@ class ConsoleApp:
 
     def _status_view(self) -> list[tuple[str, str]]:
         at = f"{self.status_at:%H:%M:%S}" if self.status_at else "…"
-        title = (f" CIVIC console · {self.where} · status at {at}, every {self.refresh:g}s "
-                 "(F5 now)")
+        title = f" CIVIC console · status at {at}, every {self.refresh:g}s (F5 now) · {self.where}"
         fragments = [("class:title", title.ljust(self._width()) + "\n")]
         if self.status_error:
             fragments.append(("class:status-error", f"status: {self.status_error}\n"))
@@ -132,7 +129,7 @@ class ConsoleApp:
         return PROMPT
 
     def _invalidate(self) -> None:
-        if hasattr(self, "app") and self.app.is_running:
+        if self.app and self.app.is_running:
             self.app.invalidate()
 
     def say(self, text: str) -> None:
@@ -326,12 +323,17 @@ class ConsoleApp:
         saved = self.router.install()
         handlers = logging.root.handlers[:]
         logging.root.handlers = [_PaneHandler(self.pane)]
-        self.say(f"CIVIC console on {self.where}. Type {BOLD}help{RESET} for the commands, "
-                 f"{BOLD}quit{RESET} or Ctrl-D to leave.")
-        threading.Thread(target=self._refresh_status, daemon=True,
-                         name="console-status").start()
+        self.say(f"CIVIC console on {self.where}.\nType {BOLD}help{RESET} for the commands; "
+                 f"{BOLD}quit{RESET} or Ctrl-D leaves.")
         try:
-            self.app.run()
+            with Terminal(self.pane.add) as (keyboard, screen):
+                self.app = Application(
+                    layout=self._layout(), key_bindings=self._keys(), style=STYLE,
+                    full_screen=True, min_redraw_interval=0.05, input=create_input(keyboard),
+                    output=create_output(stdout=screen))
+                threading.Thread(target=self._refresh_status, daemon=True,
+                                 name="console-status").start()
+                self.app.run()
         finally:
             self.closing.set()
             self.refresh_now.set()

@@ -11,6 +11,7 @@ with or without the leading ``civic``). Civic commands run in-process through th
 
 from __future__ import annotations
 
+import io
 import shlex
 import sys
 import threading
@@ -107,7 +108,15 @@ def parse(text: str, command: Any) -> Line:
     if _path(command, argv) in FOREGROUND:
         return Line(error=f"civic {' '.join(_path(command, argv))} runs until stopped: run it "
                           "in a terminal of its own")
+    if _path(command, argv) == ("citizen", "spawn") and not _docker_runtime(argv):
+        return Line(error="in the console, citizen spawn needs --runtime docker (process "
+                          "citizens run until stopped: spawn them in a terminal of their own)")
     return Line(argv=argv)
+
+
+def _docker_runtime(argv: Sequence[str]) -> bool:
+    return "--runtime=docker" in argv or any(
+        a == "--runtime" and b == "docker" for a, b in zip(argv, argv[1:]))
 
 
 def _is_subcommand(command: Any, head: str, rest: Sequence[str]) -> bool:
@@ -272,8 +281,11 @@ class Router(Capture):
 
 
 class _NoInput(Capture):
+    """Standard input of commands in the console: empty, as /dev/null."""
+
     def __init__(self) -> None:
         super().__init__(lambda lines: None)
+        self.buffer = io.BytesIO(b"")
 
     def readable(self) -> bool:
         return True

@@ -40,6 +40,8 @@ def test_console_words_and_refusals() -> None:
     assert "unknown command: frobnicate" in (parse("frobnicate 3", CIVIC).error or "")
     assert "cannot read that line" in (parse("block 'alpha", CIVIC).error or "")
     assert "runs until stopped" in (parse("server run", CIVIC).error or "")
+    assert "--runtime docker" in (parse("citizen spawn -n 2 h:1", CIVIC).error or "")
+    assert parse("citizen spawn --runtime docker -n 2 h:1", CIVIC).error is None
     assert parse("   ", CIVIC) == parse("", CIVIC)
 
 
@@ -80,6 +82,13 @@ def find(name: str) -> None:
     raise NotFound(f"no {name}")
 
 
+@confirming.command("count")
+def count(upto: int) -> None:
+    for n in range(upto):
+        print(f"row {n}")
+    raise AssertionError("never reached: the pane had all it shows")
+
+
 def test_runner_captures_output_and_errors() -> None:
     command = typer.main.get_command(confirming)
     lines: list[str] = []
@@ -92,6 +101,9 @@ def test_runner_captures_output_and_errors() -> None:
         assert runner.run(["wipe", "--yes"]).code == 0 and lines == ["wiped"]
         assert runner.run(["find", "x"]).message == "no x"
         assert runner.run(["nothing"]).code == 2  # click's usage error, printed, no exception
+        lines.clear()
+        cut = runner.run(["count", "1000"], limit=5)  # stopped once the pane has its 5 lines
+        assert cut.truncated and cut.code == 0 and lines == [f"row {n}" for n in range(5)]
     finally:
         import sys
         sys.stdin, sys.stdout, sys.stderr = saved  # type: ignore[assignment]
