@@ -118,10 +118,11 @@ def output_pane(screen: str) -> str:
 
 
 def progress(screen: str, model: str) -> str | None:
-    """The progress cell of ``model``'s row in the status pane ("12%")."""
+    """The progress of ``model``'s dataset in the status pane ("12%")."""
     for line in status_pane(screen).splitlines():
-        if f"{model} v" in line:
-            return line.strip("│ ").split("│")[-1].strip()
+        found = re.search(r"\b\d+%", line) if f"{model} v" in line else None
+        if found:
+            return found.group(0)
     return None
 
 
@@ -186,7 +187,7 @@ def test_console_during_a_run(cluster: Cluster, tmux: Tmux, tmp_path: Path) -> N
     # no such command and carries on; once they are, they do what they say.
     if cli_has("duty", "show"):
         tmux.type("duty 1")
-        tmux.wait_for(lambda s: "duty 1" in output_pane(s).split("civic> duty 1")[-1])
+        tmux.wait_for(lambda s: "duty 1 of dataset" in output_pane(s))
     else:
         tmux.type("duty 1")
         tmux.wait_for(lambda s: "No such command 'duty'" in output_pane(s))
