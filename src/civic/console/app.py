@@ -3,8 +3,9 @@ in the middle, the command line at the bottom.
 
 Three kinds of threads, none of which the screen ever waits on: one refreshes the status every
 few seconds (one query set at a time), one runs the command typed (one at a time), one follows
-the servers' events while ``logs`` is on. They hand lines to the pane, which keeps a bounded
-number and is redrawn at most 20 times a second whatever arrives.
+the servers' events while ``logs`` is on (and one relays what child processes print). They
+hand lines to the pane, which keeps a bounded number and is redrawn at most 20 times a second
+whatever arrives.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from prompt_toolkit.formatted_text import ANSI, to_formatted_text
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import create_input
 from prompt_toolkit.key_binding import KeyBindings
-from prompt_toolkit.layout import (BufferControl, D, Float, FloatContainer, FormattedTextControl, HSplit,
-                                   Layout, UIContent, UIControl, Window)
+from prompt_toolkit.layout import (BufferControl, D, Float, FloatContainer,
+                                   FormattedTextControl, HSplit, Layout, UIContent, UIControl,
+                                   Window)
 from prompt_toolkit.layout.menus import CompletionsMenu
 from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.output import create_output
@@ -96,11 +98,13 @@ class ConsoleApp:
         return max(4, self._rows() // 2)
 
     def _status_height(self) -> D:
-        return D.exact(min(self._status_limit(), len(self.status_lines) + 1))
+        wanted = len(self.status_lines) + 1 + bool(self.status_error)
+        return D.exact(min(self._status_limit(), wanted))
 
     def _status_view(self) -> list[tuple[str, str]]:
         at = f"{self.status_at:%H:%M:%S}" if self.status_at else "…"
-        title = f" CIVIC console · status at {at}, every {self.refresh:g}s (F5 now) · {self.where}"
+        title = (f" CIVIC console · status at {at}, every {self.refresh:g}s (F5 now) · "
+                 f"{self.where}")
         fragments = [("class:title", title.ljust(self._width()) + "\n")]
         if self.status_error:
             fragments.append(("class:status-error", f"status: {self.status_error}\n"))
