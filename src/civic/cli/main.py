@@ -68,7 +68,10 @@ def setup(
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else
                         logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    ctx.obj = Context(load_settings(home=home, database_url=database_url, debug=debug))
+    # The operator console runs commands in-process and passes the consoles they print to.
+    consoles = ctx.obj if isinstance(ctx.obj, dict) else {}
+    ctx.obj = Context(load_settings(home=home, database_url=database_url, debug=debug),
+                      **consoles)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -329,3 +329,8 @@ def uninstall(ctx: typer.Context,
         typer.confirm(f"Remove the CIVIC {what} of instance {installation.instance!r}?",
                       abort=True)
     installation.uninstall(purge, step=c.note)
+
+
+from civic.cli.console import console  # noqa: E402 - registered last: one hunk, easy to merge
+
+app.command("console")(console)
