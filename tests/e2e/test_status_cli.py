@@ -3,7 +3,6 @@ command with a real server and citizens."""
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path

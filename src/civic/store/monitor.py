@@ -52,8 +52,9 @@ def status(url: str) -> dict[str, Any]:
             q("monitor_oldest_waiting"), {"ids": waiting_ids}).fetchall()} if waiting_ids else {}
         for d in datasets:
             _progress(d, finished.get(d["id"]), oldest.get(d["id"]))
+            # A paused or cancelled dataset waits for the operator, as its flags say.
             d["waiting"] = ([asdict(w) for w in catalog._waiting(conn, d["id"])]
-                            if d["pending"] and not d["cancelled_at"] else [])
+                            if d["pending"] and not (d["paused"] or d["cancelled_at"]) else [])
         models = _models(conn.execute(q("monitor_models")).fetchall(), datasets)
         citizens = conn.execute(q("monitor_citizens"), {"seen_within": SEEN_WITHIN}).fetchall()
         volunteers = conn.execute(q("monitor_volunteers"),
