@@ -3,6 +3,9 @@ command with a real server and citizens."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -11,6 +14,7 @@ import psycopg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
+from civic_cli import CIVIC, wait_for_line  # noqa: E402
 from faultkit import Cluster, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +119,30 @@ def test_duty_show_of_a_missing_duty_exits_3(cluster: Cluster) -> None:
     assert done.returncode == 3
     assert done.stderr.strip() == "civic: error: no duty 424242"
     assert cluster.civic("duty", "show", "x").returncode == 2
+
+
+def test_watch_off_a_terminal_prints_a_snapshot_each_interval(cluster: Cluster) -> None:
+    cluster.civic("model", "list")  # the database is up: the snapshots come at once
+    watch = subprocess.Popen([CIVIC, "status", "--watch", "--interval", "0.3"],
+                             env=cluster.civic.env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_line(watch, "civic status")
+        lines = wait_for_line(watch, "civic status")  # a second snapshot, printed after
+        assert any("no datasets yet" in line for line in lines)
+        watch.send_signal(signal.SIGINT)  # Ctrl-C
+        assert watch.wait(30) == 0, watch.stderr.read()
+    finally:
+        watch.kill()
+        watch.wait()
+    scripts = subprocess.Popen([CIVIC, "status", "--watch", "--json", "--interval", "0.3"],
+                               env=cluster.civic.env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        first, second = (json.loads(scripts.stdout.readline()) for _ in range(2))
+        assert first["datasets"] == second["datasets"] == [] and second["at"] > first["at"]
+        scripts.send_signal(signal.SIGINT)
+        assert scripts.wait(30) == 0
+    finally:
+        scripts.kill()
+        scripts.wait()

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -75,7 +76,8 @@ def render_duty(d: dict[str, Any]) -> RenderableType:
 
 def _replicas(d: dict[str, Any]) -> Table:
     table = Table("replica", "citizen", "volunteer", "host", "state", "leased", "started",
-                  "returned", "elapsed", "exit", "digest", "error", title="replicas")
+                  "returned", "elapsed", "exit", "digest", "error", title="replicas",
+                  title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for r in d["replicas"]:
         canonical = r["id"] == d["canonical_replica_id"]
         table.add_row(str(r["id"]) + (" *" if canonical else ""), r["citizen"],

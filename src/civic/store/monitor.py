@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import IsolationLevel
 from psycopg.rows import dict_row
 
 from civic.errors import NotFound
@@ -44,6 +45,8 @@ def status(url: str) -> dict[str, Any]:
     ``people`` (citizens and volunteers connected, active in 24 h, resting, blocked),
     ``errors`` (model version × error class, last 24 h) and ``servers``."""
     with connect(url, row_factory=dict_row) as conn:
+        # One snapshot for the whole page, so that its figures add up.
+        conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
         now = conn.execute(q("monitor_now")).fetchone()["now"]
         datasets = conn.execute(q("monitor_datasets")).fetchall()
         finished = {r["dataset_id"]: r for r in conn.execute(q("monitor_finished")).fetchall()}
