@@ -346,3 +346,14 @@ def test_status_command_json_and_table(alphabet, database_url, h, run):
     assert data["errors"][0]["class"] == "timeout" and data["errors"][0]["count"] == 3
     code, out = run("status")
     assert code == 0 and "timeout" in out and "datasets" in out
+
+
+def test_duty_waits_for_a_compiler_or_a_platform(database_url, h, model_copy):
+    catalog.add_model(database_url, model_copy(platforms=["linux-aarch64"]))
+    catalog.import_dataset(database_url, "alphabet", h.ALPHABET / "letters.csv")
+    citizens(h, database_url, "no-cc", builds=False)
+    (w,) = monitor.duty(database_url, 1)["waiting"]
+    assert w["kind"] == "build" and "C compiler" in w["reason"]
+    citizens(h, database_url, "cc")
+    (w,) = monitor.duty(database_url, 1)["waiting"]
+    assert w["kind"] == "platform" and "linux-aarch64" in w["reason"]
