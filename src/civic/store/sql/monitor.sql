@@ -68,10 +68,13 @@ WHERE d.id = ANY(%(ids)s::bigint[]);
 -- name: monitor_errors
 -- Failed and lost replicas of the last %(hours)s hours by model version and error class (what
 -- the citizen agent and the server write as errors, sorted into a few kinds), with one example.
+-- Each error's model is looked up by its duty's id (a subquery per row, so through
+-- duties_pkey): a join let the planner hash the whole duties table instead.
 SELECT m.name AS model, m.version AS model_version, e.class, count(*) AS count,
        max(e.at) AS last_at, max(e.error) AS example
 FROM (
-    SELECT r.duty_id, coalesce(r.returned_at, r.deadline) AS at, r.error,
+    SELECT (SELECT u.model_id FROM duties u WHERE u.id = r.duty_id) AS model_id,
+           coalesce(r.returned_at, r.deadline) AS at, r.error,
            CASE
                WHEN r.error LIKE 'timed out%%' THEN 'timeout'
                WHEN r.error LIKE '%%out of memory%%' THEN 'out of memory'
@@ -100,8 +103,7 @@ FROM (
     WHERE r.error IS NOT NULL
       AND coalesce(r.returned_at, r.deadline) > now() - make_interval(hours => %(hours)s)
 ) e
-JOIN duties u ON u.id = e.duty_id
-JOIN models m ON m.id = u.model_id
+JOIN models m ON m.id = e.model_id
 GROUP BY m.name, m.version, e.class
 ORDER BY count(*) DESC, m.name, m.version, e.class;
 
