@@ -147,11 +147,13 @@ def build(url: str, n: int) -> dict[str, Any]:
                          AND u.open_slots > 0 AND u.first_record < %(to)s)
             INSERT INTO replicas (duty_id, citizen_id, state, leased_at, deadline, returned_at,
                                   exit_code, error, stderr_tail, host, volunteer_id, charged)
-            SELECT f.id, c.id, 'error', t - interval '3 seconds', t, t, 1,
+            SELECT f.id, c.id, 'error', t.t - interval '3 seconds', t.t, t.t, 1,
                    (%(errors)s::text[])[1 + (f.id + f.g) %% %(kinds)s], 'Traceback…',
                    c.host, c.volunteer_id, true
             FROM f CROSS JOIN n JOIN c ON c.k = (f.id + f.g) %% n.n
-            CROSS JOIN LATERAL (SELECT now() - make_interval(secs => random() * 172800) AS t) t
+            -- spread over two days, row by row (an uncorrelated random() runs once)
+            CROSS JOIN LATERAL (SELECT now() - make_interval(
+                secs => ((f.id * 7919 + f.g * 104729) %% 172800)::float8) AS t) t
             """, {"run": run, "to": at + out + retried, "errors": errors, "kinds": len(errors)})
         db.execute("UPDATE duties u SET failures = 1, error = 'exited with code 1' "
                    "WHERE dataset_id = %s AND state = 'pending' AND open_slots > 0 "
@@ -375,7 +377,9 @@ def report(r: dict[str, Any], n: int) -> str:
         "then timed. `monitor.status()` is the whole status page in one process; "
         "`civic status --json` and `civic status` are the installed command in a subprocess "
         "(Python start-up included, first run discarded). **Before** is migration 008 without "
-        "its two indexes, **after** with them.",
+        "its two indexes, **after** with them. Rows whose query and plan do not change between the "
+        "two (`dataset_needs`, `monitor_datasets`, `monitor_citizens`) show how much the "
+        "machine's load moved between the halves: compare a row's two figures with those.",
         "",
         "## Results (ms, median and min–max)",
         "",

@@ -120,6 +120,7 @@ def test_status_shows_paused_and_cancelled_flags(alphabet, database_url, h):
     assert by_id[second.id]["waiting"] == []  # cancelled: nothing to explain
     (m,) = data["models"]
     assert m["datasets"] == 2 and not m["paused"]
+    assert m["waits_for_operator"] and m["eta_seconds"] is None  # nothing left that moves
     h.execute(database_url, "UPDATE models SET paused_at = now()")
     data = monitor.status(database_url)
     assert data["models"][0]["paused"]

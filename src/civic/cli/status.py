@@ -141,7 +141,7 @@ def _models(models: list[dict[str, Any]]) -> Table:
 def _datasets(datasets: list[dict[str, Any]]) -> Table:
     def oldest(d: dict[str, Any]) -> str:
         return ("-" if d["oldest_waiting_duty"] is None else
-                f"{_age(d['oldest_waiting_seconds'])} (duty {d['oldest_waiting_duty']})")
+                f"{_age(d['oldest_waiting_seconds'])} #{d['oldest_waiting_duty']}")
 
     def progress(d: dict[str, Any]) -> str:
         finished = d["done"] + d["failed"] + d["inconclusive"] + d["cancelled"]
@@ -239,7 +239,7 @@ def _table(title: str, columns: list[tuple[str, list[Any], bool]]) -> Table:
     shown = [(h, cells) for h, cells, optional in columns
              if not optional or any(str(v) not in ("0", "-") for v in cells)]
     table = Table(*(h for h, _ in shown), title=title, title_justify="left",
-                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False)
+                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
     for row in zip(*(cells for _, cells in shown)):
         table.add_row(*row)
     return table
@@ -254,7 +254,7 @@ def _rate(rate: float | None) -> str:
 def _eta(row: dict[str, Any]) -> str:
     if not row["pending"]:
         return "-"
-    if row.get("paused"):
+    if row.get("paused") or row["eta_seconds"] is None and row.get("waits_for_operator"):
         return "paused"
     return _age(row["eta_seconds"])
 

@@ -118,10 +118,15 @@ def _models(rows: list[dict[str, Any]], datasets: list[dict[str, Any]]) -> list[
         for key in (*STATES, "done_last_minute", "done_last_hour", "finished_last_minute",
                     "finished_last_hour"):
             m[key] = sum(d[key] for d in mine)
-        rates = [d["rate"] for d in mine if d["rate"]]
+        # The rate of its datasets still in progress (a finished one's recent rate would
+        # make the time left look shorter), else of all of them.
+        going = [d for d in mine if d["pending"] and not d["paused"] and not d["cancelled_at"]]
+        rates = [d["rate"] for d in (going or mine) if d["rate"]]
         m["rate"] = sum(rates) if rates else None
-        m["eta_seconds"] = (0.0 if not m["pending"] else m["pending"] / m["rate"]
-                            if m["rate"] and not m["paused"] else None)
+        moving = sum(d["pending"] for d in going)
+        m["eta_seconds"] = (0.0 if not m["pending"] else moving / m["rate"]
+                            if moving and m["rate"] else None)
+        m["waits_for_operator"] = bool(m["pending"]) and not moving  # paused or cancelled
         ages = [d["oldest_waiting_seconds"] for d in mine
                 if d["oldest_waiting_seconds"] is not None]
         m["oldest_waiting_seconds"] = max(ages) if ages else None
