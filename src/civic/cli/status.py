@@ -23,7 +23,8 @@ from civic.cli.context import Context
 from civic.store import monitor
 
 CITIZEN_ROWS = 20  # citizens listed in the table; --json and `civic citizen list` have all
-MIN_REDRAW = 0.25  # seconds between two redraws, however often the database signals
+MIN_REDRAW = 1.0  # seconds between two redraws, however often the database signals (a page
+# costs ~0.3 s of database time at 10^6 duties: benchmarks/STATUS.md)
 
 
 def status(ctx: typer.Context,
@@ -33,7 +34,8 @@ def status(ctx: typer.Context,
                                      "when not on a terminal).")] = False,
            interval: Annotated[float, typer.Option(
                "--interval", min=0.1, help="Seconds between redraws at most, with --watch "
-                                           "(sooner when the database signals a change).")] = 2.0,
+                                           "(sooner when the database signals a change, but "
+                                           "at most once a second on a terminal).")] = 2.0,
            ) -> None:
     """Show progress, rate and time left per model and dataset, citizens and volunteers,
     errors of the last 24 hours, and the servers on the database."""
