@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from civic.cli.context import Context
+from civic.errors import StoreError
 from civic.store import monitor
 
 CITIZEN_ROWS = 20  # citizens listed in the table; --json and `civic citizen list` have all
@@ -48,12 +49,21 @@ def status(ctx: typer.Context,
         else:
             c.out.print(render_status(data))
         return
+    said = ""
     try:
-        with monitor.changes(url) as wait:
-            if json or not c.out.is_terminal:
-                _snapshots(c, url, wait, interval, json)
-            else:
-                _live(c, url, wait, interval)
+        while True:
+            try:
+                with monitor.changes(url) as wait:
+                    if json or not c.out.is_terminal:
+                        _snapshots(c, url, wait, interval, json)
+                    else:
+                        _live(c, url, wait, interval)
+            except StoreError as exc:  # a watch outlives a database restart
+                message = " ".join(str(exc).split())
+                if message != said:  # once, not every second of an outage
+                    c.note(f"{message}; trying again every {max(interval, 1.0):g}s")
+                    said = message
+                time.sleep(max(interval, 1.0))
     except KeyboardInterrupt:
         return  # Ctrl-C is how a watch ends: exit 0
 
