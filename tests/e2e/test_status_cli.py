@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
 from civic_cli import CIVIC, wait_for_line  # noqa: E402
-from faultkit import Cluster, wait_until  # noqa: E402
+from faultkit import (Cluster, pg_ctl, postmaster, start_embedded_postgres,  # noqa: E402
+                      wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +147,28 @@ def test_watch_off_a_terminal_prints_a_snapshot_each_interval(cluster: Cluster) 
     finally:
         scripts.kill()
         scripts.wait()
+
+
+def test_watch_outlives_a_database_outage(cluster: Cluster) -> None:
+    pgdata = cluster.home / "postgres"
+    assert cluster.url  # this process keeps the embedded PostgreSQL up between commands
+    watch = subprocess.Popen([CIVIC, "status", "--watch", "--json", "--interval", "0.3"],
+                             env=cluster.civic.env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        json.loads(watch.stdout.readline())
+        info = postmaster(pgdata)
+        assert info is not None
+        assert pg_ctl(pgdata, "-w", "stop", "-m", "fast").returncode == 0
+        said = watch.stderr.readline()  # the outage, said once on one line
+        assert "PostgreSQL" in said and "trying again" in said, said
+        done = start_embedded_postgres(pgdata, info["socket_dir"] or str(pgdata))
+        assert done.returncode == 0, done.stdout + done.stderr
+        # Snapshots come again: read until one is taken after the restart.
+        back = json.loads(watch.stdout.readline())
+        assert back["datasets"] == [] and watch.poll() is None
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(30) == 0
+    finally:
+        watch.kill()
+        watch.wait()
