@@ -126,12 +126,6 @@ def progress(screen: str, model: str) -> str | None:
     return None
 
 
-def cli_has(*path: str) -> bool:
-    """Whether this build's civic has the command (some short forms run commands written
-    beside the console, issue 9)."""
-    return subprocess.run([CIVIC, *path, "--help"], capture_output=True).returncode == 0
-
-
 def insert_events(url: str, messages: list[str]) -> None:
     """Events as a server writes them (one transaction)."""
     with psycopg.connect(url, autocommit=False) as conn:
@@ -186,25 +180,20 @@ def test_console_during_a_run(cluster: Cluster, tmux: Tmux, tmp_path: Path) -> N
     tmux.type("results square")  # verified results so far, as CSV
     tmux.wait_for(lambda s: "duty,record,n,square" in output_pane(s))
 
-    # `duty ID` is `civic duty show ID` and `pause ID` is `civic dataset pause ID`, written
-    # beside the console (issue 9): until they are in this build, the console says there is
-    # no such command and carries on; once they are, they do what they say.
-    if cli_has("duty", "show"):
-        tmux.type("duty 1")
-        tmux.wait_for(lambda s: "duty 1 of dataset" in output_pane(s))
-    else:
-        tmux.type("duty 1")
-        tmux.wait_for(lambda s: "No such command 'duty'" in output_pane(s))
-    if cli_has("dataset", "pause"):
-        tmux.type(f"pause {dataset}")
-        wait_until(lambda: cluster.sql("SELECT paused_at FROM datasets WHERE id = %s",
-                                       (dataset,))[0]["paused_at"], 30, "the dataset paused")
-        tmux.type(f"resume {dataset}")
-        wait_until(lambda: not cluster.sql("SELECT paused_at FROM datasets WHERE id = %s",
-                                           (dataset,))[0]["paused_at"], 30, "it resumed")
-    else:
-        tmux.type(f"pause {dataset}")
-        tmux.wait_for(lambda s: "No such command 'pause'" in output_pane(s))
+    # `duty ID` is `civic duty show ID`; `pause ID` is `civic dataset pause ID`: the status
+    # pane says so, and no server leases the dataset until `resume ID`.
+    tmux.type("duty 3")
+    screen = tmux.wait_for(lambda s: "duty 3 of dataset" in output_pane(s))
+    assert "input" in output_pane(screen)
+    tmux.type(f"pause {dataset}")
+    screen = tmux.wait_for(lambda s: f"dataset {dataset} paused" in output_pane(s)
+                           and "paused" in status_pane(s))
+    paused_at = cluster.sql("SELECT paused_at FROM datasets WHERE id = %s",
+                            (dataset,))[0]["paused_at"]
+    assert paused_at is not None
+    tmux.type(f"resume {dataset}")
+    tmux.wait_for(lambda s: f"dataset {dataset} resumed" in output_pane(s))
+    assert not cluster.sql("SELECT paused_at FROM datasets WHERE id = %s", (dataset,))[0]["paused_at"]
 
     # logs: the servers' events, followed live.
     tmux.type("logs")

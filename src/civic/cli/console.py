@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sys
-from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
@@ -13,7 +12,7 @@ from rich.console import Console
 from civic.cli import status
 from civic.cli.context import Context
 from civic.errors import UsageError
-from civic.store import redact
+from civic.store import monitor, redact
 
 HISTORY = "console_history"  # under the home: the command line's history, across sessions
 
@@ -42,16 +41,12 @@ def console(
     where = (redact(url) if database_url or c.settings.database_url
              else f"the embedded PostgreSQL of {home}")
     ConsoleApp(typer.main.get_command(app), ["--database-url", url, "--home", str(home)], url,
-               where, lambda width: status_screen(c, url, width), home / HISTORY, refresh).run()
+               where, lambda width: status_screen(url, width), home / HISTORY, refresh).run()
 
 
-def status_screen(c: Context, url: str, width: int) -> str:
-    """What `civic status` prints, as text with ANSI colours, for the console's top pane: the
-    one place that knows how the status is rendered. (Once civic.cli.status has
-    ``render_status``, the call below becomes
-    ``screen.print(status.render_status(monitor.status(url)))``.)"""
+def status_screen(url: str, width: int) -> str:
+    """What `civic status` shows, as text with ANSI colours, for the console's top pane."""
     buffer = io.StringIO()
     screen = Console(file=buffer, width=width, color_system="standard", soft_wrap=False)
-    status.status(SimpleNamespace(obj=Context(c.settings, out=screen, err=screen, _url=url)),
-                  json=False)  # type: ignore[arg-type]
+    screen.print(status.render_status(monitor.status(url)))
     return buffer.getvalue()

@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 import typer
 
 from civic import __version__
-from civic.cli import (citizens, datasets, images, models, results, retry, run, server, status,
-                       volunteers)
+from civic.cli import (citizens, datasets, duties, images, models, results, retry, run,
+                       server, status, volunteers)
 from civic.cli.context import Context
 from civic.config import load_settings
 from civic.errors import CivicError
@@ -31,11 +31,11 @@ app.add_typer(models.app, name="model")
 app.add_typer(datasets.app, name="dataset")
 app.add_typer(citizens.app, name="citizen")
 app.add_typer(volunteers.app, name="volunteer")
+app.add_typer(duties.app, name="duty")
 app.add_typer(results.app, name="results")
 app.add_typer(images.app, name="image")
-duties = typer.Typer(no_args_is_help=True, help="Look after duties: retry failed ones.")
-duties.command("retry")(retry.retry)
-app.add_typer(duties, name="duties")
+duties.app.command("retry")(retry.retry)
+app.add_typer(duties.app, name="duties", hidden=True)  # `civic duties retry` reads well too
 app.command("status")(status.status)
 app.command("run")(run.run)
 
