@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -153,10 +154,6 @@ def test_console_during_a_run(cluster: Cluster, tmux: Tmux, tmp_path: Path) -> N
     screen = tmux.wait_for(lambda s: "square v1" in output_pane(s))
     assert "civic> datasets" in output_pane(screen)
     assert "source" in output_pane(screen) and "pending" in output_pane(screen)
-    if os.environ.get("CIVIC_CONSOLE_SCREEN"):
-        keep = Path(os.environ["CIVIC_CONSOLE_SCREEN"])
-        (keep / "console-screen.txt").write_text(tmux.screen())
-        (keep / "console-screen.ansi").write_text(tmux.screen(colours=True))
 
     tmux.type("help")  # longer than the pane: its end, then its top
     screen = tmux.wait_for("keys: PageUp")
@@ -191,6 +188,15 @@ def test_console_during_a_run(cluster: Cluster, tmux: Tmux, tmp_path: Path) -> N
     paused_at = cluster.sql("SELECT paused_at FROM datasets WHERE id = %s",
                             (dataset,))[0]["paused_at"]
     assert paused_at is not None
+    committed = cluster.sql("SELECT clock_timestamp() AS t")[0]["t"]
+    time.sleep(3)  # citizens keep asking; nothing of the dataset may be leased meanwhile
+    assert cluster.sql("SELECT count(*) AS n FROM replicas r JOIN duties d ON d.id = r.duty_id"
+                       " WHERE d.dataset_id = %s AND r.leased_at > %s",
+                       (dataset, committed))[0]["n"] == 0
+    if os.environ.get("CIVIC_CONSOLE_SCREEN"):
+        keep = Path(os.environ["CIVIC_CONSOLE_SCREEN"])
+        (keep / "console-screen.txt").write_text(tmux.screen())
+        (keep / "console-screen.ansi").write_text(tmux.screen(colours=True))
     tmux.type(f"resume {dataset}")
     tmux.wait_for(lambda s: f"dataset {dataset} resumed" in output_pane(s))
     assert not cluster.sql("SELECT paused_at FROM datasets WHERE id = %s", (dataset,))[0]["paused_at"]
