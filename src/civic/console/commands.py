@@ -165,6 +165,8 @@ def help_text(command: Any) -> str:
                   "[cyan]model add DIR[/], [cyan]dataset import MODEL FILE[/]; "
                   "[cyan]help COMMAND[/] shows its options"]
     for name, sub in sorted(command.commands.items()):
+        if sub.hidden:  # aliases such as `duties`
+            continue
         what = " ".join(sorted(sub.commands)) if _is_group(sub) else _short(sub)
         lines.append(f"  {name:<10} {what}")
     lines += ["", "keys: PageUp/PageDown scroll, Ctrl-Home/Ctrl-End go to the top/end, Tab "
