@@ -348,7 +348,7 @@ def status(url: str) -> dict[str, Any]:
     with connect(url, row_factory=dict_row) as conn:
         datasets = conn.execute(q("list_datasets"), {"model": None}).fetchall()
         for dataset in datasets:
-            dataset["waiting"] = ([asdict(w) for w in _waiting(conn, dataset["id"])]
+            dataset["waiting"] = ([asdict(w) for w in waiting_on(conn, dataset["id"])]
                                   if dataset[DutyState.PENDING] else [])
         return {"datasets": datasets, "citizens": conn.execute(q("list_citizens")).fetchall()}
 
@@ -420,10 +420,12 @@ def waiting(url: str, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
     they can (or none wait). Cheap at any size: aggregates over connected citizens, and a
     sample of at most ``sample`` duties for the per-duty check."""
     with connect(url, row_factory=dict_row) as conn:
-        return _waiting(conn, dataset_id, sample)
+        return waiting_on(conn, dataset_id, sample)
 
 
-def _waiting(conn: Any, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
+def waiting_on(conn: Any, dataset_id: int, sample: int = SAMPLE) -> list[Waiting]:
+    """``waiting`` on a connection the caller holds (status reads a whole page in one
+    snapshot)."""
     needs = conn.execute(q("dataset_needs"), {"dataset_id": dataset_id}).fetchone()
     if needs is None:
         raise NotFound(f"no dataset {dataset_id}")

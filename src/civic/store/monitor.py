@@ -56,7 +56,7 @@ def status(url: str) -> dict[str, Any]:
         for d in datasets:
             _progress(d, finished.get(d["id"]), oldest.get(d["id"]))
             # A paused or cancelled dataset waits for the operator, as its flags say.
-            d["waiting"] = ([asdict(w) for w in catalog._waiting(conn, d["id"])]
+            d["waiting"] = ([asdict(w) for w in catalog.waiting_on(conn, d["id"])]
                             if d["pending"] and not (d["paused"] or d["cancelled_at"]) else [])
         models = _models(conn.execute(q("monitor_models")).fetchall(), datasets)
         citizens = conn.execute(q("monitor_citizens"), {"seen_within": SEEN_WITHIN}).fetchall()
