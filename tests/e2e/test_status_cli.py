@@ -60,6 +60,7 @@ def test_status_json_matches_the_database_and_duty_show_explains(cluster: Cluste
     (server,) = cluster.sql("SELECT address, connections, leased FROM servers")
 
     status = cluster.cli_json("status")
+    (later,) = cluster.sql("SELECT leased FROM servers")  # the row is refreshed every 2 s
     assert {"at", "models", "datasets", "citizens", "people", "errors", "servers",
             "error_hours"} <= set(status)
     (d,) = status["datasets"]
@@ -79,9 +80,10 @@ def test_status_json_matches_the_database_and_duty_show_explains(cluster: Cluste
     connected = cluster.sql("SELECT count(*) AS n FROM citizens WHERE connected")[0]["n"]
     assert status["people"]["citizens"]["connected"] == connected == 2
     assert sorted(c["name"] for c in status["citizens"]) == ["one", "two"]
-    assert [(s["address"], s["connections"], s["leased"]) for s in status["servers"]] == [
-        (server["address"], 2, server["leased"])]
-    assert server["leased"] >= 4  # every duty was leased at least once
+    (shown,) = status["servers"]
+    assert (shown["address"], shown["connections"]) == (server["address"], 2)
+    assert server["leased"] <= shown["leased"] <= later["leased"]
+    assert later["leased"] >= 4  # every duty was leased at least once
 
     table = cluster.civic("status")
     assert table.returncode == 0, table.stderr
