@@ -35,6 +35,10 @@ YES = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 TLS_CERT = Annotated[Optional[str], typer.Option(
     "--tls-cert", help="Serve TLS with this certificate (PEM); needs --tls-key.")]
 TLS_KEY = Annotated[Optional[str], typer.Option("--tls-key", help="The certificate's key (PEM).")]
+WEB = Annotated[Optional[str], typer.Option(
+    "--web", metavar="HOST:PORT",
+    help="Also serve the dashboard and /metrics here (e.g. 127.0.0.1:24844; read-only until "
+         "an operator logs in).")]
 REUSE_PORT = Annotated[bool, typer.Option(
     "--reuse-port", help="Share the port with other civic servers on this host (SO_REUSEPORT): "
                          "the kernel spreads citizens over them.")]
@@ -47,22 +51,27 @@ def _installation(c: Context) -> Installation:
 @app.command("run")
 def run(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
         grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
-        tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False) -> None:
+        tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False, web: WEB = None) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM (then it drains and exits 0).
     This is what the server container runs. Any number of servers may share one database."""
     c: Context = ctx.obj
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     url = c.database_url(database_url)
+    dashboard = None
+    if web:
+        from civic.web import app as web_app  # aiohttp loads only when asked for
+
+        dashboard = web_app.beside(*web_app.parse_address(web))
     logging.getLogger("civic").setLevel(min(logging.getLogger().level, logging.INFO))
     serve(url, ServerOptions(host=host, port=port, grace=grace, tls_cert=tls_cert,
-                             tls_key=tls_key, reuse_port=reuse_port))
+                             tls_key=tls_key, reuse_port=reuse_port), dashboard)
 
 
 @app.command("start")
 def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
           grace: GRACE = 30.0, database_url: DATABASE = None, tls_cert: TLS_CERT = None,
-          tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False) -> None:
+          tls_key: TLS_KEY = None, reuse_port: REUSE_PORT = False, web: WEB = None) -> None:
     """Start the installed server containers; without an installation, run the server here in
     the foreground (as `civic server run`)."""
     c: Context = ctx.obj
@@ -70,7 +79,7 @@ def start(ctx: typer.Context, host: HOST = "0.0.0.0", port: PORT = DEFAULT_PORT,
         for name in _installation(c).start():
             c.out.print(f"started {name}")
         return
-    run(ctx, host, port, grace, database_url, tls_cert, tls_key, reuse_port)
+    run(ctx, host, port, grace, database_url, tls_cert, tls_key, reuse_port, web)
 
 
 @app.command("token")

@@ -5,21 +5,32 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
 from civic.server.service import Server, ServerOptions
 
 
-def serve(database_url: str, options: ServerOptions) -> None:
-    """Serve until SIGINT or SIGTERM, then drain gracefully and return."""
+Beside = Callable[[Server], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+def serve(database_url: str, options: ServerOptions, beside: Beside | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain gracefully and return. ``beside(server)``
+    starts something on the same loop (the dashboard) and returns how to stop it; it runs
+    until the server has drained."""
 
     async def main() -> None:
         server = Server(database_url, options)
-        await server.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.request_stop)
-        await server.run()
+        stop_beside = await beside(server) if beside else None
+        try:
+            await server.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.request_stop)
+            await server.run()
+        finally:
+            if stop_beside is not None:
+                await stop_beside()
 
     asyncio.run(main())
 

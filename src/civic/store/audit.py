@@ -7,16 +7,34 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 CONTROL = "civic_control"  # the channel; the payload is the action, e.g. 'dataset pause'
+_acting: ContextVar[str | None] = ContextVar("civic_actor", default=None)
+
+
+@contextmanager
+def acting_as(who: str) -> Iterator[None]:
+    """Audit operations done inside as ``who`` (the dashboard's logged-in operator), not as the
+    user running the server process."""
+    token = _acting.set(who)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
 
 
 def actor() -> str:
-    """The operator, as user@host of the process running the command."""
+    """The operator: who ``acting_as`` names, else user@host of the process running the
+    command."""
+    if (who := _acting.get()) is not None:
+        return who
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)

@@ -1,0 +1,1 @@
+"""The dashboard and Prometheus /metrics, served by the server process."""
