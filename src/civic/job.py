@@ -18,7 +18,7 @@ from civic.citizen.runtimes import Joining, ProcessRuntime
 from civic.config import Settings
 from civic.errors import CivicError, UsageError
 from civic.models import load_manifest
-from civic.server.runner import ServerThread
+from civic.server.runner import Beside, ServerThread
 from civic.server.service import ServerOptions
 from civic.store import catalog, control
 from civic.store.states import DutyState
@@ -43,9 +43,11 @@ class JobReport:
 def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | None,
             citizens: int | None, again: bool = False,
             on_progress: Callable[[dict[str, int]], None] | None = None,
-            on_event: Callable[[str], None] | None = None) -> JobReport:
+            on_event: Callable[[str], None] | None = None,
+            beside: Beside | None = None) -> JobReport:
     """Add the model, import the dataset (or resume the one with the same bytes), compute it
-    with citizens of this job's own, and wait until no duty of it can progress."""
+    with citizens of this job's own, and wait until no duty of it can progress. ``beside``
+    runs beside the job's server while it computes (``civic run --web``: the dashboard)."""
     event = on_event or (lambda _: None)
     manifest = load_manifest(model_dir)  # fail on a bad manifest before anything starts
     # A duty needs `replication` different citizens: with fewer, the run could never finish.
@@ -82,7 +84,7 @@ def run_job(url: str, settings: Settings, model_dir: Path, *, dataset: Path | No
         names = _claim_names(stack, settings.citizens_dir, f"{socket.gethostname()}-run",
                              citizens)
         server = ServerThread(url, ServerOptions(host="127.0.0.1", port=0, grace=5.0,
-                                                 datasets=(imported.id,)))
+                                                 datasets=(imported.id,)), beside)
         host, port = server.start()
         stack.callback(server.stop)
         runtime = ProcessRuntime(settings.citizens_dir, log_dir=settings.home / "logs")

@@ -32,6 +32,9 @@ def run(
     again: Annotated[bool, typer.Option(
         "--again", help="Compute the dataset afresh even if an earlier run of the same model "
                         "and file exists (by default that run is resumed).")] = False,
+    web: Annotated[Optional[str], typer.Option(
+        "--web", metavar="HOST:PORT", help="Show the dashboard here while the job runs (e.g. "
+                                           "127.0.0.1:24844).")] = None,
 ) -> None:
     """Add the model, import its dataset, compute it with local citizens, print the results.
 
@@ -46,6 +49,11 @@ def run(
             raise UsageError(f"-o {output}: the directory {folder} does not exist")
         if not os.access(folder, os.W_OK) or output.is_dir():
             raise UsageError(f"-o {output}: cannot write there")
+    dashboard = None
+    if web:
+        from civic.web import app as web_app  # aiohttp loads only when asked for
+
+        dashboard = web_app.beside(*web_app.parse_address(web), announce=c.note)
     url = c.database_url()
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -56,7 +64,8 @@ def run(
             bar.update(task, total=p["total"], completed=p["total"] - p[DutyState.PENDING])
 
         report = run_job(url, c.settings, directory, dataset=dataset, citizens=citizens,
-                         again=again, on_progress=on_progress, on_event=c.note)
+                         again=again, on_progress=on_progress, on_event=c.note,
+                         beside=dashboard)
     p = report.progress
     c.note(f"{p[DutyState.DONE]} of {p['total']} duties verified"
            + "".join(f", {p[state]} {state}" for state in (DutyState.FAILED,

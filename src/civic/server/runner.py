@@ -38,8 +38,11 @@ def serve(database_url: str, options: ServerOptions, beside: Beside | None = Non
 class ServerThread:
     """A Server on its own event loop in a daemon thread, for running a whole job in-process."""
 
-    def __init__(self, database_url: str, options: ServerOptions) -> None:
+    def __init__(self, database_url: str, options: ServerOptions,
+                 beside: Beside | None = None) -> None:
         self._server = Server(database_url, options)
+        self._beside = beside
+        self._stop_beside: Callable[[], Awaitable[None]] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="civic-server",
                                         daemon=True)
@@ -47,10 +50,27 @@ class ServerThread:
     def start(self) -> tuple[str, int]:
         """Start listening; returns the bound address or raises the startup error."""
         self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+
+    async def _start(self) -> tuple[str, int]:
+        if self._beside is not None:
+            self._stop_beside = await self._beside(self._server)
+        try:
+            return await self._server.start()
+        except BaseException:  # a server that did not start has nothing to stop
+            if self._stop_beside is not None:
+                await self._stop_beside()
+            raise
+
+    async def _stop(self) -> None:
+        try:
+            await self._server.stop()
+        finally:
+            if self._stop_beside is not None:
+                await self._stop_beside()
 
     def stop(self) -> None:
-        done: Future[None] = asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop)
+        done: Future[None] = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
         try:
             done.result(timeout=self._server.options.grace + 15)
         finally:

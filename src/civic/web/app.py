@@ -142,13 +142,15 @@ class Site:
         await self._runner.cleanup()
 
 
-def beside(host: str, port: int) -> Callable[[Server], Awaitable[Callable[[], Awaitable[None]]]]:
-    """For ``civic.server.runner.serve``: the dashboard on ``host:port`` beside the server."""
+def beside(host: str, port: int, announce: Callable[[str], None] | None = None,
+           ) -> Callable[[Server], Awaitable[Callable[[], Awaitable[None]]]]:
+    """For ``civic.server.runner``: the dashboard on ``host:port`` beside the server; its
+    address goes to ``announce`` (default: the log)."""
 
     async def start(server: Server) -> Callable[[], Awaitable[None]]:
         site = Site(make_app(server.url, server))
         address = await site.start(host, port)
-        log.info("dashboard on http://%s:%s/", *address)
+        (announce or log.info)(f"dashboard on http://{address[0]}:{address[1]}/")
         return site.stop
 
     return start
