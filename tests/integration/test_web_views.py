@@ -365,7 +365,7 @@ def test_failures_are_grouped_by_model_dataset_and_error(alphabet, database_url,
         ("alphabet", alphabet.id, "inconclusive",
          "replicas disagree: no quorum within max_replicas", 1)]
     first = data["groups"][0]
-    assert first["example"] in (1, 2, 3) and first["last_at"]
+    assert first["example"] in (1, 2, 3) and first["last_at"] and not first["error_cut"]
     assert data["scanned"] == 5 and not data["capped"]
     assert f'href="/duties/{first["example"]}"' in page.text
     assert f'href="/datasets/{alphabet.id}"' in page.text
@@ -390,6 +390,20 @@ def test_failures_page_groups_only_the_latest_failures(alphabet, database_url, h
     assert data["scanned"] == 4 and data["capped"]
     assert [g["error"] for g in one["groups"]] == ["new"]
     assert "counted over the latest 4 such duties" in page.text
+
+
+def test_failures_page_cuts_a_long_error(alphabet, database_url, h):
+    error = "no such file: " + "x" * 70_000  # the server keeps 64 KiB of it
+    fail(h, database_url, 1, error)
+    with dashboard(database_url) as base:
+        web_ = Client(base)
+        (group,) = web_.json("/failures")["groups"]
+        duty = web_.json("/duties/1")
+        page = web_.get("/failures")
+    assert group["error"] == error[:views.ERROR_CHARS] and group["error_cut"]
+    assert group["error_chars"] == 64 * 1024
+    assert duty["error"] == error[:views.ERROR_CHARS] and duty["error_chars"] == 64 * 1024
+    assert len(page.text) < 20_000
 
 
 def test_no_failures(alphabet, database_url):

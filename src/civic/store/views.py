@@ -95,11 +95,13 @@ def _preview(value: Any) -> tuple[str, int]:
 
 
 def _error_cut(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its error cut to ERROR_CHARS (``error_chars``: the whole length)."""
+    """The row with its error cut to ERROR_CHARS (``error_chars``: the whole length;
+    ``error_cut``: it was cut)."""
     error = row.get("error")
     row.setdefault("error_chars", len(error) if error else 0)
     if error and len(error) > ERROR_CHARS:
-        row["error"] = error[:ERROR_CHARS]
+        row["error"] = error = error[:ERROR_CHARS]
+    row["error_cut"] = bool(error) and row["error_chars"] > len(error)
     return row
 
 
