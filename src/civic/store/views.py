@@ -3,7 +3,8 @@ page's size, citizens and volunteers, and failures grouped by error (synchronous
 like ``civic.store.monitor``).
 
 Every read is bounded: a page of citizens or volunteers, the latest failures, the first
-kilobytes of an input or an output. A million-duty project costs a page what a small one does.
+kilobytes of an input or an output. Only the dataset page counts every duty of its dataset by
+state, from duties_by_dataset alone, as the status page does for all of them.
 """
 
 from __future__ import annotations
