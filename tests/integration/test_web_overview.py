@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from conftest import execute, settle_all
 from webkit import Client, dashboard
 
 from civic.store import monitor
@@ -20,20 +19,20 @@ def test_overview_shows_the_status_page_and_its_json(database_url: str, alphabet
         assert web.get("/?format=json").json()["datasets"][0]["id"] == alphabet.id
 
 
-def test_overview_follows_progress(database_url: str, alphabet) -> None:
+def test_overview_follows_progress(database_url: str, alphabet, h) -> None:
     import asyncio
 
     with dashboard(database_url) as base:
         web = Client(base)
         assert web.json("/")["models"][0]["done"] == 0
-        asyncio.run(settle_all(database_url))
+        asyncio.run(h.settle_all(database_url))
         after = web.json("/")["models"][0]
         assert after["done"] == 26 and after["pending"] == 0
         assert after == monitor.status(database_url)["models"][0]
 
 
-def test_overview_escapes_what_a_model_or_dataset_wrote(database_url: str, alphabet) -> None:
-    execute(database_url, "UPDATE datasets SET source = %s", ("<script>alert(1)</script>.csv",))
+def test_overview_escapes_what_a_model_or_dataset_wrote(database_url: str, alphabet, h) -> None:
+    h.execute(database_url, "UPDATE datasets SET source = %s", ("<script>alert(1)</script>.csv",))
     with dashboard(database_url) as base:
         page = Client(base).get("/")
     assert "<script>alert(1)</script>" not in page.text
