@@ -261,3 +261,13 @@ def test_a_notice_shows_once_and_only_from_this_dashboard(database_url: str, wor
         planted = web.get("/", headers={"Cookie": f"civic_session={session(web)}; "
                                                   "civic_notice=0.you%20were%20hacked"})
         assert "hacked" not in planted.text
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 5000, "<script>", "ALICE", ""])
+def test_odd_names_are_wrong_names(database_url: str, token, name: str) -> None:
+    with dashboard(database_url) as base:
+        odd = log_in(Client(base), name, token)
+        wrong = log_in(Client(base), "nobody", token)
+    assert (odd.status, odd.text) == (wrong.status, wrong.text) == (403, wrong.text)
+    assert fetch(database_url, "SELECT count(*) FROM audit WHERE action = 'login failed'"
+                 )[0][0] == 2

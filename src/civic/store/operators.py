@@ -106,8 +106,10 @@ def check(url: str, name: str, token: str) -> str | None:
     """The operator's name when ``token`` is theirs, else None — in the same time whether the
     name exists or not."""
     given = _hash(token)
+    if not _NAME.fullmatch(name):
+        name = ""  # no operator's name, asked all the same (a NUL would fail the query)
     with connect(url) as conn:
-        row = conn.execute(q("operator_named"), {"name": name[:200]}).fetchone()
+        row = conn.execute(q("operator_named"), {"name": name}).fetchone()
     expected = row[2] if row is not None else _DUMMY
     good = hmac.compare_digest(given.encode(), expected.encode())
     return row[1] if good and row is not None else None
@@ -124,7 +126,8 @@ def log_in(url: str, name: str, token: str, address: str = "") -> tuple[str, Ses
     with transaction(url) as conn:
         conn.row_factory = dict_row
         if operator is None:
-            _log(conn, "web", "login failed", f"operator {name[:63]}", {"address": address})
+            target = f"operator {name}" if _NAME.fullmatch(name) else "operator ?"
+            _log(conn, "web", "login failed", target, {"address": address})
             return None
         row = conn.execute(q("operator_named"), {"name": operator}).fetchone()
         if row is None:  # removed between the check and now

@@ -18,6 +18,7 @@ import hmac
 import re
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,10 @@ WRONG = "wrong name or token"
 NOTICE_MAX = 1000  # characters of a notice kept
 
 routes = web.RouteTableDef()
+
+# The contract's request["operator"] etc. are plain string keys (templates and other modules
+# read them so); aiohttp would warn about them on every server's first request.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module=r"civic\.web\.auth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +77,8 @@ class Throttle:
             now = time.monotonic()
             for known in list(self._failures):
                 self._recent(known, now)
+            if len(self._failures) > 100_000:  # that many addresses failing: start afresh
+                self._failures.clear()
         self._failures.setdefault(address, []).append(time.monotonic())
 
     def succeeded(self, address: str) -> None:
