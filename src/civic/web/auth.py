@@ -141,7 +141,7 @@ async def _check_bearer(request: web.Request, name: str, token: str) -> web.Resp
     operator = await dashboard(request).read(operators.check, name, token)
     if operator is None:
         throttle.failed(address)
-        response = render.error(request, 401, WRONG)
+        response = failed(request, 401, WRONG)
         response.headers["WWW-Authenticate"] = 'Bearer realm="civic"'
         return response
     request["operator"] = operator
@@ -149,8 +149,8 @@ async def _check_bearer(request: web.Request, name: str, token: str) -> web.Resp
 
 
 def _locked(request: web.Request, wait: float) -> web.Response:
-    response = render.error(request, 429, f"too many failed logins from your address: try "
-                                          f"again in {int(wait) + 1} s")
+    response = failed(request, 429, f"too many failed logins from your address: try again "
+                                    f"in {int(wait) + 1} s")
     response.headers["Retry-After"] = str(int(wait) + 1)
     return response
 
