@@ -177,6 +177,7 @@ def test_log_in_and_out(database_url: str, token) -> None:
                                                            "SELECT * FROM web_sessions"))
         page = web.get("/")
         assert "operator <b>alice</b>" in page.text and "Log out" in page.text
+        assert page.headers["Cache-Control"] == "no-store"  # no cache keeps its CSRF token
         assert "logged in as <b>alice</b>" in web.get("/login").text
         web.post("/logout", {"csrf": page.csrf()})
         assert "read-only" in web.get("/").text

@@ -127,6 +127,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     if shown and request["csrf"]:
         request["notice"] = _unsign(request["csrf"], request.cookies[NOTICE])
     response = await handler(request)
+    if request["operator"] is not None and not response.prepared:
+        response.headers.setdefault("Cache-Control", "no-store")  # it holds a CSRF token
     if stale and not response.prepared:
         response.del_cookie(COOKIE, path="/")
     if shown and NOTICE not in response.cookies and not response.prepared:
