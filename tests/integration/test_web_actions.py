@@ -8,13 +8,23 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
-from conftest import execute, fetch, new_citizen, open_pool
 from webkit import Client, dashboard
 
 from civic.store import catalog, operators
 
 JSON = {"Accept": "application/json"}
+
+
+def fetch(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def execute(url: str, query: str, params: Any = None) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(query, params)
 
 
 @pytest.fixture
@@ -122,12 +132,13 @@ def test_retry_a_group_of_failures_by_its_exact_error(database_url: str, alphabe
     assert act_json(web, "/failures/retry", dataset="424242").status == 404
 
 
-def test_block_and_unblock_a_citizen_and_a_volunteer(database_url: str, web: Client) -> None:
+def test_block_and_unblock_a_citizen_and_a_volunteer(database_url: str, web: Client,
+                                                     h) -> None:
     catalog.add_volunteer(database_url, "vera")
 
     async def citizen() -> None:
-        async with open_pool(database_url) as pool:
-            await new_citizen(pool, "carl")
+        async with h.open_pool(database_url) as pool:
+            await h.new_citizen(pool, "carl")
 
     asyncio.run(citizen())
     page = act(web, "/citizens/carl/block", reason="lies <b>often</b>")

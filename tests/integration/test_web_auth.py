@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from typing import Any
 
+import psycopg
 import pytest
-from conftest import execute, fetch, new_citizen, open_pool
 from webkit import Client, Reply, dashboard
 
 from civic.store import catalog, operators
 
 ALICE = "alice"
+
+
+def fetch(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def execute(url: str, query: str, params: Any = None) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(query, params)
 
 
 @pytest.fixture
@@ -22,7 +33,7 @@ def token(database_url: str) -> str:
 
 
 @pytest.fixture
-def world(database_url: str, alphabet) -> dict[str, str]:
+def world(database_url: str, alphabet, h) -> dict[str, str]:
     """Something for every action to act on: a dataset, a failed duty, a citizen, a
     volunteer."""
     duty = fetch(database_url, "SELECT min(id) FROM duties")[0][0]
@@ -31,8 +42,8 @@ def world(database_url: str, alphabet) -> dict[str, str]:
     catalog.add_volunteer(database_url, "vera")
 
     async def citizen() -> None:
-        async with open_pool(database_url) as pool:
-            await new_citizen(pool, "carl")
+        async with h.open_pool(database_url) as pool:
+            await h.new_citizen(pool, "carl")
 
     asyncio.run(citizen())
     return {"dataset": str(alphabet.id), "duty": str(duty)}
