@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 import typer
 
 from civic import __version__
-from civic.cli import (citizens, datasets, duties, images, models, results, retry, run,
-                       server, status, volunteers)
+from civic.cli import (citizens, datasets, duties, images, models, operators, results, retry,
+                       run, server, status, volunteers)
 from civic.cli.context import Context
 from civic.config import load_settings
 from civic.errors import CivicError
@@ -31,6 +31,7 @@ app.add_typer(models.app, name="model")
 app.add_typer(datasets.app, name="dataset")
 app.add_typer(citizens.app, name="citizen")
 app.add_typer(volunteers.app, name="volunteer")
+app.add_typer(operators.app, name="operator")
 app.add_typer(duties.app, name="duty")
 app.add_typer(results.app, name="results")
 app.add_typer(images.app, name="image")

@@ -75,6 +75,8 @@ class RetryPlan:
     error: str | None
     as_of: datetime
     groups: tuple[RetryGroup, ...]
+    duty: int | None = None  # this duty only
+    exact: bool = False  # error is the whole error text, not a part of it
 
     @property
     def total(self) -> int:
@@ -83,8 +85,10 @@ class RetryPlan:
     @property
     def description(self) -> str:
         what = f"{self.total} {self.state} dut{'y' if self.total == 1 else 'ies'}"
+        if self.duty is not None:
+            what += f" (duty {self.duty})"
         if self.error is not None:
-            what += f" whose error contains {self.error!r}"
+            what += f" whose error {'is' if self.exact else 'contains'} {self.error!r}"
         return what
 
 
@@ -358,17 +362,21 @@ def remove_model(url: str, name: str, *, yes: bool = False) -> Removal:
 # Retrying duties
 # ---------------------------------------------------------------------------------------------
 
-def _retry_params(state: str, dataset: int | None, error: str | None) -> dict[str, Any]:
+def _retry_params(state: str, dataset: int | None, error: str | None, duty: int | None = None,
+                  exact: bool = False) -> dict[str, Any]:
     if state not in RETRYABLE:
         raise UsageError(f"--state must be one of {', '.join(RETRYABLE)}, not {state!r}")
-    return {"state": state, "dataset": dataset, "error": error or None}
+    return {"state": state, "dataset": dataset, "duty": duty, "exact": exact,
+            "error": error if exact else error or None}
 
 
 def plan_retry(url: str, *, state: str = DutyState.FAILED, dataset: int | None = None,
-               error: str | None = None) -> RetryPlan:
+               error: str | None = None, duty: int | None = None,
+               exact: bool = False) -> RetryPlan:
     """Count the duties a retry would re-queue: in ``state``, of ``dataset`` (any if None),
-    whose error contains ``error`` (case-insensitive; any if None)."""
-    params = _retry_params(state, dataset, error)
+    ``duty`` only (any if None), whose error contains ``error`` (case-insensitive; any if
+    None) — or, with ``exact``, is ``error`` (a duty without an error has the error "")."""
+    params = _retry_params(state, dataset, error, duty, exact)
     with connect(url, row_factory=dict_row) as conn:
         if dataset is not None and conn.execute("SELECT 1 FROM datasets WHERE id = %s",
                                                 (dataset,)).fetchone() is None:
@@ -376,13 +384,32 @@ def plan_retry(url: str, *, state: str = DutyState.FAILED, dataset: int | None =
         as_of = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
         conn.row_factory = class_row(RetryGroup)
         groups = conn.execute(q("retry_candidates"), params | {"as_of": as_of}).fetchall()
-    return RetryPlan(DutyState(state).value, dataset, params["error"], as_of, tuple(groups))
+    return RetryPlan(DutyState(state).value, dataset, params["error"], as_of, tuple(groups),
+                     duty, exact)
+
+
+def plan_duty_retry(url: str, duty_id: int) -> RetryPlan:
+    """``plan_retry`` of one duty, which must be failed, inconclusive or cancelled."""
+    with connect(url) as conn:
+        row = conn.execute(q("duty_retryable"), {"id": duty_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no duty {duty_id}")
+    if row[0] not in RETRYABLE:
+        raise UsageError(f"duty {duty_id} is {row[0]}: only {', '.join(RETRYABLE)} duties are "
+                         "retried")
+    return plan_retry(url, state=row[0], dataset=row[1], duty=duty_id)
+
+
+def retry_duty(url: str, duty_id: int) -> Retried:
+    """Re-queue one failed, inconclusive or cancelled duty with fresh attempts."""
+    return retry(url, plan_duty_retry(url, duty_id))
 
 
 def retry(url: str, plan: RetryPlan) -> Retried:
     """Re-queue the duties ``plan`` counted (those finished since are left alone) with fresh
     attempts, and wake the citizens waiting for work, in one transaction."""
-    params = _retry_params(plan.state, plan.dataset, plan.error) | {"as_of": plan.as_of}
+    params = _retry_params(plan.state, plan.dataset, plan.error, plan.duty, plan.exact) | {
+        "as_of": plan.as_of}
     models = {g.dataset: g for g in plan.groups}
     with transaction(url) as conn:
         rows = conn.execute(q("retry_duties"), params).fetchall()
@@ -395,6 +422,7 @@ def retry(url: str, plan: RetryPlan) -> Retried:
             paused = tuple(r[0] for r in conn.execute(q("held_datasets"), {"ids": ids}))
             conn.execute(q("announce_work"))
             audit.record(conn, "duties retry",
+                         f"duty {plan.duty}" if plan.duty is not None else
                          f"dataset {plan.dataset}" if plan.dataset is not None else "duties",
                          {"state": plan.state, "error": plan.error,
                           "duties": {str(g.dataset): g.duties for g in requeued}})

@@ -71,14 +71,20 @@ RETURNING b.sha256;
 
 -- name: retry_candidates
 -- Duties that `civic duties retry` would re-queue, per dataset: in state %(state)s, of dataset
--- %(dataset)s (any if NULL), whose error holds %(error)s (any if NULL; case-insensitive), and
--- finished by %(as_of)s (the moment they were counted: duties finished later were not shown).
+-- %(dataset)s (any if NULL), duty %(duty)s only (any if NULL), whose error holds %(error)s (any
+-- if NULL; case-insensitive; is exactly %(error)s with %(exact)s, as the dashboard's failure
+-- groups say it), and finished by %(as_of)s (the moment they were counted: duties finished
+-- later were not shown).
 SELECT u.dataset_id AS dataset, m.name AS model, m.version AS model_version,
        count(*)::int AS duties
 FROM duties u JOIN datasets d ON d.id = u.dataset_id JOIN models m ON m.id = d.model_id
 WHERE u.state = %(state)s::duty_state
   AND (%(dataset)s::bigint IS NULL OR u.dataset_id = %(dataset)s::bigint)
-  AND (%(error)s::text IS NULL OR strpos(lower(coalesce(u.error, '')), lower(%(error)s)) > 0)
+  AND (%(duty)s::bigint IS NULL OR u.id = %(duty)s::bigint)
+  AND (%(error)s::text IS NULL OR CASE WHEN %(exact)s::boolean
+                                      THEN coalesce(u.error, '') = %(error)s
+                                      ELSE strpos(lower(coalesce(u.error, '')), lower(%(error)s)) > 0
+                                 END)
   AND coalesce(u.finished_at, '-infinity') <= %(as_of)s
 GROUP BY u.dataset_id, m.name, m.version
 ORDER BY u.dataset_id;
@@ -93,7 +99,11 @@ WITH picked AS (
     SELECT u.id FROM duties u
     WHERE u.state = %(state)s::duty_state
       AND (%(dataset)s::bigint IS NULL OR u.dataset_id = %(dataset)s::bigint)
-      AND (%(error)s::text IS NULL OR strpos(lower(coalesce(u.error, '')), lower(%(error)s)) > 0)
+      AND (%(duty)s::bigint IS NULL OR u.id = %(duty)s::bigint)
+      AND (%(error)s::text IS NULL OR CASE WHEN %(exact)s::boolean
+                                          THEN coalesce(u.error, '') = %(error)s
+                                          ELSE strpos(lower(coalesce(u.error, '')), lower(%(error)s)) > 0
+                                     END)
       AND coalesce(u.finished_at, '-infinity') <= %(as_of)s
     FOR UPDATE
 ), retired AS (
@@ -115,6 +125,10 @@ WITH picked AS (
 )
 SELECT dataset_id AS dataset, count(*)::int AS duties FROM requeued
 GROUP BY dataset_id ORDER BY dataset_id;
+
+-- name: duty_retryable
+-- A duty's state and dataset, for retrying that one duty.
+SELECT state::text AS state, dataset_id FROM duties WHERE id = %(id)s;
 
 -- name: held_datasets
 -- Of these datasets, those paused (or of a paused model): retried duties wait there.
