@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from civic.store import monitor
-from civic.web import render
+from civic.store import history, monitor
+from civic.web import charts, render
 from civic.web.app import dashboard
 
 routes = web.RouteTableDef()
@@ -14,8 +14,14 @@ routes = web.RouteTableDef()
 
 @routes.get("/", name="overview")
 async def overview(request: web.Request) -> web.Response:
-    data = await dashboard(request).shared(monitor.status)
-    return render.page(request, "overview.html", data, title="Overview")
+    """The status page, with throughput and failures over ``?span=hour|day|week``."""
+    span = request.query.get("span", "hour")
+    board = dashboard(request)
+    data = dict(await board.shared(monitor.status))  # a copy: the shared answer stays as read
+    data["history"] = await board.shared(history.throughput, span)
+    return render.page(request, "overview.html", data, title="Overview", spans=history.SPANS,
+                       throughput_chart=charts.throughput(data["history"]),
+                       failures_chart=charts.failures(data["history"]))
 
 
 def add_routes(app: web.Application) -> None:
