@@ -31,19 +31,21 @@ GROUP BY 1, 2;
 -- Replicas that failed (an error from the model or the sandbox) or were lost (past their
 -- deadline, their citizen gone) since %(since)s, per bucket and model name, read through
 -- replicas_failed. Each replica's model is looked up by its duty's id (through duties_pkey), as
--- monitor_errors does: a join let the planner hash the whole duties table.
-SELECT date_bin(%(step)s::interval, e.at, timestamptz '2000-01-01 00:00+00') AS at,
-       m.name AS model,
-       count(*) FILTER (WHERE NOT e.lost) AS failed,
-       count(*) FILTER (WHERE e.lost) AS lost
+-- monitor_errors does: a join let the planner hash the whole duties table. Counted per model id
+-- first, so that the lookup runs once a replica (joined to models, it ran twice).
+SELECT e.at, m.name AS model, sum(e.failed)::bigint AS failed, sum(e.lost)::bigint AS lost
 FROM (
-    SELECT (SELECT u.model_id FROM duties u WHERE u.id = r.duty_id) AS model_id,
-           coalesce(r.returned_at, r.deadline) AS at, r.state = 'expired' AS lost
+    SELECT date_bin(%(step)s::interval, coalesce(r.returned_at, r.deadline),
+                    timestamptz '2000-01-01 00:00+00') AS at,
+           (SELECT u.model_id FROM duties u WHERE u.id = r.duty_id) AS model_id,
+           count(*) FILTER (WHERE r.state <> 'expired') AS failed,
+           count(*) FILTER (WHERE r.state = 'expired') AS lost
     FROM replicas r
     WHERE r.error IS NOT NULL AND coalesce(r.returned_at, r.deadline) >= %(since)s
+    GROUP BY 1, 2
 ) e
 JOIN models m ON m.id = e.model_id
-GROUP BY 1, 2;
+GROUP BY e.at, m.name;
 
 -- name: history_model_datasets
 -- A model's datasets (every version), newest first, each with whether it has results yet
