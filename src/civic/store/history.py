@@ -152,9 +152,13 @@ def _pick(conn: Any, model: str, dataset_id: int | None) -> tuple[list[dict[str,
     datasets = conn.execute(q("history_model_datasets"),
                             {"model": model, "limit": DATASETS}).fetchall()
     if dataset_id is None:
-        chosen = next((d for d in datasets if d["has_results"]), None) or next(
-            iter(datasets), None)
-        return datasets, chosen["id"] if chosen else None
+        # Newest first, until one has results (its "has_results" stays unknown past it).
+        for d in datasets:
+            d["has_results"] = conn.execute(q("history_has_results"),
+                                            {"dataset_id": d["id"]}).fetchone()["has_results"]
+            if d["has_results"]:
+                return datasets, d["id"]
+        return datasets, datasets[0]["id"] if datasets else None
     if conn.execute(q("dataset_of_model"), {"model": model, "id": dataset_id}).fetchone() is None:
         raise NotFound(f"model {model!r} has no dataset {dataset_id}")
     return datasets, dataset_id

@@ -48,15 +48,19 @@ JOIN models m ON m.id = e.model_id
 GROUP BY e.at, m.name;
 
 -- name: history_model_datasets
--- A model's datasets (every version), newest first, each with whether it has results yet
--- (one probe of duties_by_dataset) — for the results page's choice of dataset.
-SELECT d.id, m.version AS model_version, d.source, d.records, d.duties, d.created_at,
-       EXISTS (SELECT 1 FROM duties u WHERE u.dataset_id = d.id AND u.state = 'done')
-           AS has_results
+-- A model's datasets (every version), newest first, for the results page's choice of dataset.
+SELECT d.id, m.version AS model_version, d.source, d.records, d.duties, d.created_at
 FROM datasets d JOIN models m ON m.id = d.model_id
 WHERE m.name = %(model)s
 ORDER BY m.version DESC, d.id DESC
 LIMIT %(limit)s;
+
+-- name: history_has_results
+-- Whether a dataset has a result yet. Asked of one dataset id at a time, so the planner plans for
+-- that id: a probe of duties_by_dataset for a dataset with few results; a correlated subquery,
+-- planned for the average dataset, walked the whole table for a dataset without any.
+SELECT EXISTS (SELECT 1 FROM duties u
+               WHERE u.dataset_id = %(dataset_id)s AND u.state = 'done') AS has_results;
 
 -- name: history_done_duties
 -- How many duties of a dataset have a result (an index-only count on duties_by_dataset).
