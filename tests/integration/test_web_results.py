@@ -248,3 +248,38 @@ def test_a_reader_that_leaves_frees_its_download(database_url: str, model_copy, 
             conn.close()  # gone after the first bytes of ~2 MB
         whole = Client(base).get("/models/squares/results.jsonl")
     assert whole.status == 200 and whole.text == expected.getvalue()
+
+
+def test_the_collatz_example_gives_the_results_page_numbers(database_url: str,
+                                                           tmp_path: Path) -> None:
+    """examples/collatz, its program run for real on each duty's input (no citizen: the program
+    itself), charted: the histogram of its steps counts what the program wrote."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "collatz"
+    catalog.add_model(database_url, example)
+    dataset = catalog.import_dataset(database_url, "collatz", example / "numbers.csv")
+    written: dict[int, list] = {}
+
+    def run(assignment) -> list:
+        if assignment.duty_id not in written:
+            source, target = tmp_path / "in.json", tmp_path / "out.json"
+            source.write_text(json.dumps(assignment.input))
+            subprocess.run([sys.executable, str(example / "collatz.py"), str(source),
+                            str(target)], check=True)
+            written[assignment.duty_id] = json.loads(target.read_text())
+        return written[assignment.duty_id]
+
+    asyncio.run(settle_all(database_url, output=run))
+    steps = [item["steps"] for output in written.values() for item in output]
+    assert len(steps) == 2000 and max(steps) == 181  # n = 1161 takes the most steps below 2001
+    with dashboard(database_url) as base:
+        web = Client(base)
+        data = web.json("/models/collatz/results?x=steps")
+        scatter = web.json("/models/collatz/results?chart=scatter&x=n&y=steps")
+    assert data["dataset"] == dataset.id and data["histogram"]["values"] == 2000
+    edges, counts = data["histogram"]["edges"], data["histogram"]["counts"]
+    assert counts == [sum(1 for s in steps if a <= s < b or (i == len(counts) - 1 and s == b))
+                      for i, (a, b) in enumerate(zip(edges, edges[1:]))]
+    assert scatter["scatter"]["total"] == 2000 and [27, 111] in scatter["scatter"]["points"]
