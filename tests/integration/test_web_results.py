@@ -174,6 +174,7 @@ def test_downloads_equal_the_export(database_url: str, squares, fmt: str,
     assert len(got.text) > 10 * 500
     assert got.headers["Content-Disposition"] == \
         f'attachment; filename="squares-dataset-{squares.id}.{fmt}"'
+    assert got.headers["X-Content-Type-Options"] == "nosniff"
     assert got.headers["Content-Type"].startswith(
         "text/csv" if fmt == "csv" else "application/x-ndjson")
 

@@ -5,6 +5,7 @@ writes them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 from aiohttp import web
@@ -15,6 +16,7 @@ from civic.web import charts, render
 from civic.web.app import dashboard
 
 routes = web.RouteTableDef()
+log = logging.getLogger("civic.web")
 DOWNLOADS = 2  # downloads streaming at once (each holds a database connection of its own)
 CHUNK = 64 * 1024  # characters sent at a time
 TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
@@ -63,11 +65,18 @@ async def download(request: web.Request) -> web.StreamResponse:
     async with request.app[_LIMIT]:
         response = web.StreamResponse(headers={
             "Content-Type": f"{TYPES[fmt]}; charset=utf-8",
+            # Sent before the app's middleware could add them: a file, never a page.
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
             "Content-Disposition":
                 f'attachment; filename="{_safe(name)}-dataset-{dataset_id}.{fmt}"'})
         await response.prepare(request)
-        await _stream(request, response, board.url, dataset_id, fmt)
-        await response.write_eof()
+        try:
+            await _stream(request, response, board.url, dataset_id, fmt)
+            await response.write_eof()
+        except ConnectionResetError:  # the reader went away; the export has stopped
+            log.info("a download of %s's dataset %s ended early: its reader left", name,
+                     dataset_id)
     return response
 
 
