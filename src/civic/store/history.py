@@ -101,7 +101,9 @@ def results(url: str, model: str, dataset_id: int | None = None, x: str | None =
     if dataset_id is None or not done:
         page["table"] = {"columns": [], "rows": []}
         return plain(page)
-    sample = _read(url, dataset_id, SAMPLE)
+    # One read: the rows a chart draws, of which the first tell the fields (a table needs few).
+    rows = _read(url, dataset_id, SAMPLE if chart == "table" else ROWS + 1)
+    sample = rows[:SAMPLE]
     fields = _fields(sample)
     page["fields"] = fields
     numeric = [f["name"] for f in fields if f["numeric"]]
@@ -117,7 +119,6 @@ def results(url: str, model: str, dataset_id: int | None = None, x: str | None =
         page["table"] = {"columns": names, "rows": [[r.get(n) for n in names] for r in rows],
                          "cut": len(sample) > TABLE}
         return plain(page)
-    rows = _read(url, dataset_id, ROWS + 1)
     cut = len(rows) > ROWS
     rows = rows[:ROWS]
     page["rows_read"], page["cut"] = len(rows), cut
