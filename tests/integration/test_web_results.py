@@ -284,3 +284,15 @@ def test_the_collatz_example_gives_the_results_page_numbers(database_url: str,
     assert counts == [sum(1 for s in steps if a <= s < b or (i == len(counts) - 1 and s == b))
                       for i, (a, b) in enumerate(zip(edges, edges[1:]))]
     assert scatter["scatter"]["total"] == 2000 and [27, 111] in scatter["scatter"]["points"]
+
+
+def test_a_model_without_a_dataset_says_so(database_url: str, h) -> None:
+    catalog.add_model(database_url, h.ALPHABET)
+    with dashboard(database_url) as base:
+        web = Client(base)
+        page = web.get("/models/alphabet/results")
+        data = web.json("/models/alphabet/results")
+        download = web.get("/models/alphabet/results.csv")
+    assert page.status == 200 and "has no dataset yet" in page.text
+    assert data["dataset"] is None and data["datasets"] == []
+    assert download.status == 404 and "civic dataset import alphabet FILE" in download.text

@@ -10,7 +10,7 @@ import re
 import threading
 from aiohttp import web
 
-from civic.errors import UsageError
+from civic.errors import NotFound, UsageError
 from civic.store import catalog, history
 from civic.web import charts, render
 from civic.web.app import dashboard
@@ -61,7 +61,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     board = dashboard(request)
     dataset_id = await board.read(history.dataset, name, _dataset(request))
     if dataset_id is None:
-        raise UsageError(f"model {name!r} has no dataset yet")
+        raise NotFound(f"model {name!r} has no dataset yet; import one with: "
+                       f"civic dataset import {name} FILE")
     async with request.app[_LIMIT]:
         response = web.StreamResponse(headers={
             "Content-Type": f"{TYPES[fmt]}; charset=utf-8",
