@@ -133,16 +133,18 @@ def test_alphabet_letters_get_value_counts_and_a_table(database_url: str, alphab
     asyncio.run(settle_all(database_url))
     with dashboard(database_url) as base:
         web = Client(base)
-        data = web.json("/models/alphabet/results")
+        table = web.json("/models/alphabet/results")
         page = web.get("/models/alphabet/results")
-        letters = web.json("/models/alphabet/results?x=letter&chart=histogram")
-        table = web.json("/models/alphabet/results?chart=table")
+        data = web.json("/models/alphabet/results?x=original_letter")
+        counted = web.get("/models/alphabet/results?x=letter&chart=histogram")
+    assert table["chart"] == "table" and len(table["table"]["rows"]) == 26
+    assert table["table"]["columns"] == ["duty", "record", "original_letter", "letter"]
+    assert "<td>a</td>" in page.text and "<td>b</td>" in page.text
     assert data["chart"] == "histogram" and data["x"] == "original_letter"
     assert sorted(data["counts"]["values"]) == list("abcdefghijklmnopqrstuvwxyz")
     assert data["counts"]["counts"] == [1] * 26 and data["counts"]["others"] == 0
-    assert _chart(page.text)["options"]["indexAxis"] == "y"
-    assert letters["counts"]["distinct"] == 26
-    assert len(table["table"]["rows"]) == 26
+    assert _chart(counted.text)["options"]["indexAxis"] == "y"
+    assert "26 distinct values" in counted.text
 
 
 def test_a_dataset_can_be_picked_and_the_default_has_results(database_url: str, squares,

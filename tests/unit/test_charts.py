@@ -54,8 +54,9 @@ def test_choose_prefers_the_models_own_fields() -> None:
     assert history._choose(fields, None, None, None) == ("histogram", "n", None)
     assert history._choose(fields, "scatter", None, None) == ("scatter", "record", "n")
     letters = history._fields([{"duty": 1, "record": 0, "letter": "b"}])
-    assert history._choose(letters, None, None, None) == ("histogram", "letter", None)
-    assert history._choose(letters, "table", None, None) == ("table", None, None)
+    assert history._choose(letters, None, None, None) == ("table", None, None)
+    assert history._choose(letters, "histogram", None, None) == ("histogram", "letter", None)
+    assert history._choose(letters, None, "letter", None) == ("histogram", "letter", None)
 
 
 def test_chart_configs_are_json_and_label_what_they_draw() -> None:

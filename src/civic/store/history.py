@@ -193,13 +193,14 @@ def _fields(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _choose(fields: list[dict[str, Any]], chart: str | None, x: str | None,
             y: str | None) -> tuple[str, str | None, str | None]:
     """The chart and fields to draw: what was asked for, completed with the first fields that
-    fit (a field of the model's output before the row's place, ``duty`` and ``record``)."""
+    fit (a field of the model's output before the row's place, ``duty`` and ``record``); a
+    histogram of a field that is not numeric counts its values."""
     own = [f for f in fields if f["name"] not in ("duty", "record")]
     numeric = [f["name"] for f in own if f["numeric"]] + ["record", "duty"]
     other = [f["name"] for f in own if not f["numeric"]]
-    if chart is None:
+    if chart is None:  # a table when the model's output has no number (the alphabet's letters)
         chart = ("scatter" if x is not None and y is not None else
-                 "histogram" if x is not None or numeric[:-2] or other else "table")
+                 "histogram" if x is not None or numeric[:-2] else "table")
     if chart == "histogram" and x is None:
         x = (numeric[:-2] or other or numeric)[0]
     if chart == "scatter":
