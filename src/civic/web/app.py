@@ -109,13 +109,14 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def make_app(url: str, server: Server | None = None, *, fresh: float = FRESH) -> web.Application:
     """The dashboard application on database ``url``; ``server`` adds its figures to /metrics."""
-    from civic.web import actions, auth, pages, views
+    from civic.web import actions, auth, pages, results, views
 
     app = web.Application(middlewares=[_headers, _errors, auth.middleware],
                           client_max_size=64 * 1024)
     app[KEY] = Dashboard(url, server, fresh)
     pages.add_routes(app)
     views.add_routes(app)
+    results.add_routes(app)
     auth.add_routes(app)
     actions.add_routes(app)
     app.router.add_static("/static", render.STATIC, name="static", append_version=True)
