@@ -16,9 +16,9 @@ BIN = "date_bin(interval '1 minute', {}, timestamptz '2000-01-01 00:00+00')"
 
 def _per_minute(data: dict, model: str, key: str) -> dict[datetime, int]:
     """A model's non-zero counts of ``key`` by bucket start."""
-    h = data["history"]
-    series = next(m for m in h["models"] if m["name"] == model)[key]
-    return {datetime.fromisoformat(at): n for at, n in zip(h["buckets"], series) if n}
+    hist = data["history"]
+    series = next(m for m in hist["models"] if m["name"] == model)[key]
+    return {datetime.fromisoformat(at): n for at, n in zip(hist["buckets"], series) if n}
 
 
 def test_per_minute_counts_equal_the_database(database_url: str, alphabet, h) -> None:
@@ -27,9 +27,9 @@ def test_per_minute_counts_equal_the_database(database_url: str, alphabet, h) ->
                                         "FROM duties WHERE state = 'done' GROUP BY 1"))
     with dashboard(database_url) as base:
         data = Client(base).json("/")
-    h = data["history"]
-    assert h["span"] == "hour" and len(h["buckets"]) == 60
-    assert [m["name"] for m in h["models"]] == ["alphabet"]
+    hist = data["history"]
+    assert hist["span"] == "hour" and len(hist["buckets"]) == 60
+    assert [m["name"] for m in hist["models"]] == ["alphabet"]
     assert _per_minute(data, "alphabet", "done") == expected
     assert sum(expected.values()) == 26
     assert not _per_minute(data, "alphabet", "failed_replicas")

@@ -58,13 +58,13 @@ def test_histogram_bins_equal_counts_from_the_rows(database_url: str, squares) -
         web = Client(base)
         data = web.json("/models/squares/results?x=square&chart=histogram")
         page = web.get("/models/squares/results?x=square&chart=histogram")
-    h = data["histogram"]
-    edges, counts = h["edges"], h["counts"]
+    hist = data["histogram"]
+    edges, counts = hist["edges"], hist["counts"]
     assert len(counts) == history.BINS == len(edges) - 1
     values = [r["square"] for r in rows]
     expected = [sum(1 for v in values if a <= v < b or (i == len(counts) - 1 and v == b))
                 for i, (a, b) in enumerate(zip(edges, edges[1:]))]
-    assert counts == expected and sum(counts) == 300 == h["values"]
+    assert counts == expected and sum(counts) == 300 == hist["values"]
     assert (edges[0], edges[-1]) == (1, 90000)
     assert data["dataset"] == squares.id and data["cut"] is False
     assert page.status == 200 and 'data-chart="chart-results"' in page.text
