@@ -110,10 +110,12 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 def make_app(url: str, server: Server | None = None, *, fresh: float = FRESH) -> web.Application:
     """The dashboard application on database ``url``; ``server`` adds its figures to /metrics."""
     from civic.web import pages
+    from civic.web import metrics
 
     app = web.Application(middlewares=[_headers, _errors], client_max_size=64 * 1024)
     app[KEY] = Dashboard(url, server, fresh)
     pages.add_routes(app)
+    metrics.add_routes(app)
     app.router.add_static("/static", render.STATIC, name="static", append_version=True)
     return app
 

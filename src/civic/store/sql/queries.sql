@@ -335,7 +335,7 @@ SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE 
 -- never wait on each other in a circle): only those leased to the citizen that submits for
 -- them, so that no one can make the server lock what is not theirs.
 SELECT r.id, r.citizen_id::text AS citizen_id, r.duty_id, r.state, r.charged,
-       u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance
+       u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance, m.name AS model
 FROM unnest(%(ids)s::bigint[], %(citizen_ids)s::uuid[]) AS x(id, citizen_id)
 JOIN replicas r ON r.id = x.id AND r.citizen_id = x.citizen_id
 JOIN duties u ON u.id = r.duty_id
