@@ -1,8 +1,10 @@
 -- What /metrics reads of the database at each scrape (civic.store.metrics), kept cheap at any
--- size: duties counted from duties_by_dataset alone (an index-only scan, as monitor_datasets:
--- about 60 ms at 10^6 duties, benchmarks/STATUS.md), the rest from the small tables. Replicas
--- are not counted here: no index holds their state, so that would read the whole table; each
--- server counts the outcomes it stores instead (civic.server.stats).
+-- size: duties counted from duties_by_dataset alone (an index-only scan, as monitor_datasets;
+-- measured 60-80 ms at 10^6 duties, benchmarks/status.py's project), citizens from their small
+-- table (0.4 ms for 200). Replicas are not counted here: no index holds their state, so
+-- counting them by model and state read both big tables whole (two parallel seq scans and a
+-- hash join spilling to disk: 640-850 ms for 0.7 million replicas); each server counts the
+-- outcomes it stores instead (civic.server.stats).
 
 -- name: metrics_duties
 -- Duties by model name (all its versions together) and state.
