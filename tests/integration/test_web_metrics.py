@@ -80,6 +80,15 @@ class Citizen:
             await self.writer.wait_closed()
 
 
+async def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
+    """Poll a blocking predicate off the event loop until it holds (or time is up)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await asyncio.to_thread(predicate)) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return value
+
+
 def scrape(base: str) -> tuple[str, dict[str, Any]]:
     reply = Client(base).get("/metrics")
     assert reply.status == 200, reply.text
@@ -117,12 +126,19 @@ def test_metrics_equal_the_database_during_a_job(alphabet, database_url, h) -> N
             await bob.answer(b[2], out(b[2].input))
             for c in await carol.lease(2):  # ...carol breaks the tie and completes duty 3
                 await carol.answer(c, out(c.input))
-            # duty 4 and bob's and alice's: still out; 22 duties wait.
+            # duty 4: alice's and bob's, still out. Dave leaves holding duty 5: released.
+            dave = await Citizen.join(server, "dave")
+            await dave.lease(1)
+            await dave.close()
+            assert await wait_for(lambda: h.fetch(
+                database_url, "SELECT count(*) FROM replicas WHERE state = 'expired'") == [(1,)])
             with dashboard(database_url, server=server) as base:
                 text, families = await asyncio.to_thread(scrape, base)
-            for citizen in (alice, bob, carol):
-                await citizen.close()
-            return text, families, server, [alice.id, bob.id, carol.id]
+        # Closed only now: the server stopped first, so their leases stay as the scrape saw
+        # them, and the database read below is that same state.
+        for citizen in (alice, bob, carol):
+            await citizen.close()
+        return text, families, server, [alice.id, bob.id, carol.id, dave.id]
 
     text, families, server, citizen_ids = asyncio.run(scenario())
     assert set(families) == DATABASE | SERVER
@@ -139,15 +155,15 @@ def test_metrics_equal_the_database_during_a_job(alphabet, database_url, h) -> N
     replicas = dict(h.fetch(database_url, """
         SELECT r.state::text, count(*) FROM replicas r JOIN duties u ON u.id = r.duty_id
         JOIN models m ON m.id = u.model_id WHERE m.name = 'alphabet'
-          AND r.state IN ('valid', 'invalid', 'error', 'late') GROUP BY 1"""))
-    assert replicas == {"valid": 6, "invalid": 1, "error": 1}
+          AND r.state IN ('valid', 'invalid', 'error', 'late', 'expired') GROUP BY 1"""))
+    assert replicas == {"valid": 6, "invalid": 1, "error": 1, "expired": 1}
     assert values(families["civic_replicas"], "_total") == {
         (("model", "alphabet"), ("outcome", state), *label): n for state, n in replicas.items()}
 
     ((leased,),) = h.fetch(database_url, "SELECT count(*) FROM replicas")
     ((returned,),) = h.fetch(database_url,
                              "SELECT count(*) FROM replicas WHERE returned_at IS NOT NULL")
-    assert values(families["civic_leases"], "_total") == {label: leased} and leased == 10
+    assert values(families["civic_leases"], "_total") == {label: leased} and leased == 11
     assert values(families["civic_results"], "_total") == {label: returned} and returned == 8
 
     assert values(families["civic_citizens"]) == {
@@ -161,7 +177,7 @@ def test_metrics_equal_the_database_during_a_job(alphabet, database_url, h) -> N
     assert values(families["civic_db_pool_requests"], "_total")[label] > 0
 
     # One batch per lease request and per result here (each waited for its answer).
-    for name, batches in (("civic_lease_seconds", 3), ("civic_result_seconds", 8)):
+    for name, batches in (("civic_lease_seconds", 4), ("civic_result_seconds", 8)):
         assert values(families[name], "_count") == {label: batches}
         buckets = {dict(k)["le"]: v for k, v in values(families[name], "_bucket").items()}
         assert buckets["+Inf"] == batches

@@ -49,6 +49,7 @@ class Stats:
     leases: Timing = field(default_factory=Timing)  # the lease statements of each batch
     results: Timing = field(default_factory=Timing)  # the result statements of each batch
     # (model name, outcome) → replicas: 'error' and 'late' when their result is stored,
-    # 'valid' and 'invalid' when their duty settles.
+    # 'valid' and 'invalid' when their duty settles, 'expired' when this server gives them
+    # back (its reaper, a citizen gone). Others' releases (an operator's block) are not here.
     replicas: collections.Counter[tuple[str, str]] = field(
         default_factory=collections.Counter)

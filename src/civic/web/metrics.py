@@ -99,7 +99,8 @@ class Collector:
         replicas = CounterMetricFamily(
             "civic_replicas", "Replicas by outcome as this server stored them: error and late "
             "(after their duty settled) when their result came, valid and invalid when their "
-            "duty settled", labels=["server", "model", "outcome"])
+            "duty settled, expired when it gave them back (deadline passed, citizen gone)",
+            labels=["server", "model", "outcome"])
         for (model, outcome), count in sorted(dict(stats.replicas).items()):
             replicas.add_metric([*label, model, outcome], count)
         yield replicas

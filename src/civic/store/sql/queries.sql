@@ -493,7 +493,12 @@ WITH lost AS (
     RETURNING u.id
 )
 SELECT coalesce(sum(n), 0)::int AS released, coalesce(sum(failed), 0)::int AS charged,
-       (SELECT count(*) FROM counted)::int AS duties
+       (SELECT count(*) FROM counted)::int AS duties,
+       -- released per model name, for the server's /metrics (each duty read by its key)
+       (SELECT json_object_agg(x.name, x.n) FROM (
+            SELECT m.name, sum(p.n)::int AS n FROM per_duty p
+            JOIN duties u ON u.id = p.duty_id JOIN models m ON m.id = u.model_id
+            GROUP BY m.name) x) AS models
 FROM per_duty;
 
 -- name: reaper_lock
