@@ -6,11 +6,13 @@ import json
 import socket
 import string
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 from civic_cli import ALPHABET, Civic, free_port, next_letter
 from docker_objects import leftovers
+from prometheus_client.parser import text_string_to_metric_families
 
 from civic import __version__
 
@@ -35,10 +37,11 @@ def wait_until(check: Any, timeout: float = 180, what: str = "condition") -> Any
 
 def test_install_compute_export_and_uninstall(lab: Civic, engine: Any, local: dict[str, str]
                                               ) -> None:
-    port, db_port = free_port(), free_port()
+    port, db_port, web_port = free_port(), free_port(), free_port()
     install = ["server", "install", "--network", "host", "--port", str(port),
-               "--db-port", str(db_port), "--postgres-image", local["postgres"]]
-    ok(lab(*install, timeout=300))
+               "--db-port", str(db_port), "--postgres-image", local["postgres"],
+               "--web", f"127.0.0.1:{web_port}"]
+    assert f"dashboard: http://127.0.0.1:{web_port}/" in ok(lab(*install, timeout=300))
     again = lab(*install, timeout=300)  # safe to repeat: reports what exists
     assert again.returncode == 0 and "exists" in again.stderr, again.stderr
     assert (lab.home / "config.yaml").stat().st_mode & 0o777 == 0o600
@@ -62,6 +65,16 @@ def test_install_compute_export_and_uninstall(lab: Civic, engine: Any, local: di
     assert {c["role"]: c["state"] for c in status["containers"]} == {
         "postgres": "running", "server": "running"}
     assert status["citizens_connected"] == 4
+    assert status["dashboard"] == f"http://127.0.0.1:{web_port}/"
+
+    # The installed server serves /metrics beside it (`server run --web` in its container).
+    with urllib.request.urlopen(f"{status['dashboard']}metrics", timeout=30) as reply:
+        metrics = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    done = {s.labels["state"]: s.value for s in metrics["civic_duties"].samples
+            if s.labels["model"] == "alphabet"}
+    assert done["done"] == 26 and done["pending"] == 0
+    assert [s.value for s in metrics["civic_citizens_connected"].samples] == [4]
+    assert [s.labels["version"] for s in metrics["civic_server_info"].samples] == [__version__]
 
     rows = [json.loads(line) for line in
             ok(lab("results", "export", "alphabet", "--format", "jsonl")).splitlines()]
@@ -145,7 +158,8 @@ def test_install_refuses_a_taken_port_and_a_foreign_name(lab: Civic, engine: Any
                                                          local: dict[str, str]) -> None:
     port, db_port = free_port(), free_port()
     install = ["server", "install", "--network", "host", "--port", str(port),
-               "--db-port", str(db_port), "--postgres-image", local["postgres"]]
+               "--db-port", str(db_port), "--postgres-image", local["postgres"],
+               "--web", f"127.0.0.1:{free_port()}"]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", db_port))
         taken.listen()

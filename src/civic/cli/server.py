@@ -13,7 +13,7 @@ from rich.table import Table
 
 from civic.cli.context import Context
 from civic.deploy import engine, images
-from civic.deploy.install import Installation, InstallOptions
+from civic.deploy.install import WEB_PORT, Installation, InstallOptions
 from civic.errors import CivicError, UsageError
 from civic.protocol import DEFAULT_PORT
 from civic.server.runner import serve
@@ -113,15 +113,26 @@ def install(
         "--wheelhouse", help="Directory of wheels for an offline server image build.")] = None,
     with_adminer: Annotated[bool, typer.Option(
         "--with-adminer", help="Also run Adminer (database web UI) on 127.0.0.1:8080.")] = False,
+    web: Annotated[str, typer.Option(
+        "--web", metavar="HOST:PORT",
+        help="Publish the dashboard and /metrics here (read-only until an operator logs in); "
+             "'off' for none.")] = f"127.0.0.1:{WEB_PORT}",
 ) -> None:
     """Install the server, PostgreSQL (and optionally Adminer) as Docker containers.
     Safe to run again: it reports what exists and repairs what is missing."""
     c: Context = ctx.obj
     if network not in ("bridge", "host"):
         raise UsageError(f"--network must be bridge or host, not {network!r}")
+    web_host, web_port = "127.0.0.1", 0
+    if web.lower() not in ("off", "none", ""):
+        from civic.web.app import parse_address  # aiohttp loads only when asked for
+
+        web_host, web_port = parse_address(web)
+        if web_port == 0:
+            raise UsageError("--web wants a port (or 'off' for no dashboard), not 0")
     options = InstallOptions(port=port, bind=bind, network=network, db_port=db_port,
                              server_image=server_image, postgres_image=postgres_image,
-                             with_adminer=with_adminer)
+                             with_adminer=with_adminer, web_host=web_host, web_port=web_port)
     installation = _installation(c)
 
     def build() -> None:
@@ -135,6 +146,8 @@ def install(
     where = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
     c.out.print(f"CIVIC server installed: citizens connect to port {port} "
                 f"(e.g. civic citizen spawn --count 4 {where}:{port})", highlight=False)
+    if (dashboard := installation.dashboard()) is not None:
+        c.out.print(f"dashboard: {dashboard} (Prometheus: {dashboard}metrics)", highlight=False)
 
 
 @app.command("stop")
@@ -177,6 +190,9 @@ def status(ctx: typer.Context, json: JSON = False) -> None:
             table.add_row(row["name"], row["role"], row["state"], row["health"] or "-",
                           row["image"])
         c.out.print(table)
+        if report.get("dashboard"):
+            c.out.print(f"dashboard: {report['dashboard']} (Prometheus: "
+                        f"{report['dashboard']}metrics)", highlight=False)
     c.out.print(f"database: {report['database']}", highlight=False)
     if "servers" in report:
         if report["servers"]:

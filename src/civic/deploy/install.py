@@ -24,6 +24,7 @@ from civic.protocol import DEFAULT_PORT
 from civic.store import connect
 
 DB_USER = DB_NAME = "civic"
+WEB_PORT = DEFAULT_PORT + 2  # the dashboard's, as civic.web.app.DEFAULT_PORT (not imported here)
 Step = Callable[[str], None]
 
 
@@ -40,6 +41,8 @@ class InstallOptions:
     with_adminer: bool = False
     adminer_image: str = "adminer"
     adminer_port: int = 8080
+    web_host: str = "127.0.0.1"  # the dashboard and /metrics are published here...
+    web_port: int = WEB_PORT  # ...on this port (0: not served)
 
 
 class Installation:
@@ -106,10 +109,13 @@ class Installation:
 
     def _check_ports(self, options: InstallOptions) -> None:
         """Fail before creating anything when a port a new container needs is taken."""
-        wanted = [("postgres", "127.0.0.1", options.db_port), ("server", options.bind, options.port)]
+        wanted = [("postgres", "postgres", "127.0.0.1", options.db_port),
+                  ("server", "server", options.bind, options.port)]
+        if options.web_port:
+            wanted.append(("server", "dashboard", options.web_host, options.web_port))
         if options.with_adminer:
-            wanted.append(("adminer", "127.0.0.1", options.adminer_port))
-        for role, host, port in wanted:
+            wanted.append(("adminer", "adminer", "127.0.0.1", options.adminer_port))
+        for role, what, host, port in wanted:
             if find(self.engine, "container", self.names[role]) is not None:
                 continue  # ours already: it holds the port itself
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -117,7 +123,7 @@ class Installation:
                 try:
                     probe.bind((host, port))
                 except OSError:
-                    raise AddressInUse(f"port {port} on {host} is already in use ({role}); "
+                    raise AddressInUse(f"port {port} on {host} is already in use ({what}); "
                                        "stop what holds it or choose another port") from None
 
     def _ensure_image(self, tag: str, step: Step, build: Callable[[], None] | None = None
@@ -177,9 +183,16 @@ class Installation:
         db_host, db_port = ("127.0.0.1", options.db_port) if host else (self.names["postgres"], 5432)
         probe = "127.0.0.1" if options.bind in ("0.0.0.0", "::") else options.bind
         port = options.port if host else DEFAULT_PORT
+        command = ["server", "run", "--host", options.bind if host else "0.0.0.0",
+                   "--port", str(port)]
+        ports = {} if host else {f"{DEFAULT_PORT}/tcp": (options.bind, options.port)}
+        if options.web_port:  # the dashboard: on the host's address itself, or published there
+            command += ["--web", f"{options.web_host}:{options.web_port}" if host
+                        else f"0.0.0.0:{WEB_PORT}"]
+            if not host:
+                ports[f"{WEB_PORT}/tcp"] = (options.web_host, options.web_port)
         return self.engine.containers.run(
-            options.server_image,
-            ["server", "run", "--host", options.bind if host else "0.0.0.0", "--port", str(port)],
+            options.server_image, command,
             name=self.names["server"], detach=True, labels=labels(self.instance, "server"),
             environment={"CIVIC_DATABASE_URL":
                          f"postgresql://{DB_USER}:{password}@{db_host}:{db_port}/{DB_NAME}"},
@@ -187,7 +200,7 @@ class Installation:
             healthcheck={"test": ["CMD", "/opt/civic/bin/python", "-c",
                                   f"import socket; socket.create_connection(('{probe}', {port}), 3)"],
                          "interval": 10_000_000_000, "timeout": 5_000_000_000, "retries": 3},
-            ports={} if host else {f"{DEFAULT_PORT}/tcp": (options.bind, options.port)},
+            ports=ports,
             **self._placement(options))
 
     def _create_adminer(self, options: InstallOptions) -> Any:
@@ -267,7 +280,18 @@ class Installation:
             rows.append({"name": c.name, "role": c.labels.get("civic.role"), "state": c.status,
                          "health": health,
                          "image": (c.image.tags or [c.image.short_id])[0] if c.image else ""})
-        return {"instance": self.instance, "installed": bool(rows), "containers": rows}
+        return {"instance": self.instance, "installed": bool(rows), "containers": rows,
+                "dashboard": self.dashboard() if rows else None}
+
+    def dashboard(self) -> str | None:
+        """Where the installed server's dashboard answers (its /metrics beside it), if it
+        serves one."""
+        saved = self.saved() or {}
+        host, port = saved.get("web_host", "127.0.0.1"), saved.get("web_port", 0)
+        if not port:
+            return None  # not asked for, or installed before the dashboard existed
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def uninstall(self, purge: bool, step: Step) -> None:
         """Remove containers and network; the data volume too only with ``purge``."""

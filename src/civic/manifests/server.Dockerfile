@@ -2,6 +2,7 @@
 # BASE must provide python3 with venv. Dependencies come from PyPI, or from the wheels in
 # wheels/ when the build context has any (offline builds, tests). `civic` is on the PATH, so
 # `docker exec -it civic-server civic server console` opens the console in the container.
+# 24844: the dashboard and /metrics, when `server install` runs it with --web (the default).
 ARG BASE=python:3.13-slim
 FROM ${BASE}
 ARG VERSION=dev
@@ -20,6 +21,6 @@ COPY civic/ /opt/civic/src/civic/
 ENV PYTHONPATH=/opt/civic/src PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CIVIC_HOME=/tmp/civic
 LABEL civic.image=server civic.version=${VERSION}
 USER 10002
-EXPOSE 24842
+EXPOSE 24842 24844
 ENTRYPOINT ["/opt/civic/bin/python", "-m", "civic"]
 CMD ["server", "run", "--host", "0.0.0.0"]

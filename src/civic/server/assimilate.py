@@ -6,6 +6,7 @@ Set-based: a batch of results from any number of citizens costs a fixed handful 
 
 from __future__ import annotations
 
+import collections
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ class Outcome:
     reopened: int = 0  # slots opened again (errors, disagreement): idle citizens may lease them
     rested: list[str] = field(default_factory=list)  # citizens put on a cool-down
     verdicts: dict[int, str] = field(default_factory=dict)  # duty → what became of it
+    # (model name, outcome) → replicas that got it here: error, late, valid, invalid
+    replicas: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
 
 async def submit(conn: AsyncConnection, citizen_id: str, result: Result,
@@ -76,6 +79,10 @@ async def submit_many(conn: AsyncConnection, results: Sequence[tuple[str, Result
                 continue
             if judge:
                 judged.append((len(outcome.answers), row["duty_id"]))
+            elif row["duty_state"] != DutyState.PENDING:
+                outcome.replicas[row["model"], "late"] += 1
+            else:
+                outcome.replicas[row["model"], "error"] += 1
             outcome.answers.append((True, what))
     if not store.ids:
         return outcome
@@ -91,7 +98,8 @@ async def submit_many(conn: AsyncConnection, results: Sequence[tuple[str, Result
             "errors": [store.failures[d][2] for d in duty_ids]})
         outcome.reopened += sum(slots for _, slots, _ in store.failures.values())
     if store.judge:
-        await _judge(conn, sorted(store.judge), cooldown, outcome)
+        models = {row["duty_id"]: row["model"] for row in rows.values()}
+        await _judge(conn, sorted(store.judge), cooldown, outcome, models)
     for i, duty_id in judged:
         outcome.answers[i] = (True, outcome.verdicts.get(duty_id, outcome.answers[i][1]))
     return outcome
@@ -168,8 +176,9 @@ async def _earlier_outputs(conn: AsyncConnection, rows: list[dict[str, Any]]
 
 
 async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
-                 outcome: Outcome) -> None:
-    """Tally the duties that got outputs and settle, widen or give up on each."""
+                 outcome: Outcome, models: dict[int, str]) -> None:
+    """Tally the duties that got outputs and settle, widen or give up on each (``models``:
+    each duty's model name, for the outcome's counts)."""
     cursor, counts = conn.cursor(row_factory=dict_row), conn.cursor(row_factory=dict_row)
     await cursor.execute(q("tally"), {"duty_ids": duty_ids})
     await counts.execute(q("replica_counts"), {"duty_ids": duty_ids})  # one round trip, piped
@@ -196,7 +205,10 @@ async def _judge(conn: AsyncConnection, duty_ids: list[int], cooldown: float,
             settle.append(duty_id)
             canonical.append(verdict.replica_id)  # type: ignore[arg-type]
             for digest, _, _ in tallies[duty_id]:
-                (valid if digest == verdict.digest else invalid).extend(groups[duty_id, digest])
+                agree = digest == verdict.digest
+                (valid if agree else invalid).extend(groups[duty_id, digest])
+                outcome.replicas[models[duty_id], "valid" if agree else "invalid"] += len(
+                    groups[duty_id, digest])
             verdicts[duty_id] = f"duty {duty_id} done"
         elif verdict.action == "more":
             more[duty_id] = verdict.slots

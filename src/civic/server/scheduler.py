@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from civic.protocol import Assignment, Result
 from civic.server import assimilate
+from civic.server.stats import Stats
 from civic.store import audit, work
 
 log = logging.getLogger("civic.server")
@@ -85,6 +87,7 @@ class Scheduler:
         self._waking: asyncio.TimerHandle | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.totals: collections.Counter[str] = collections.Counter()  # since it started
+        self.stats = Stats()  # for /metrics
         self.server_id: str | None = None  # leasing stops while this server is drained
         self.leasing = True  # False while drained: requests get nothing (and park)
         self.on_control: Callable[[], None] | None = None  # told of NOTIFY civic_control
@@ -212,21 +215,33 @@ class Scheduler:
         for attempt in range(1, RETRIES + 1):
             try:
                 async with self.pool.connection() as db, db.pipeline(), db.transaction():
+                    # Timed per batch for /metrics: the result statements (submit_many waits
+                    # for the answers it needs), and the lease statements (lease_many's own
+                    # pipeline syncs when it returns).
+                    began = time.perf_counter()
                     outcome = assimilate.Outcome()
                     if batch.results:
                         outcome = await assimilate.submit_many(
                             db, [(c, r) for c, r, _ in batch.results], policy.cooldown)
                         if outcome.reopened:
                             await work.announce_work(db)  # for the other servers' parked ones
+                    stored = time.perf_counter()
                     if batch.started:
                         await work.start(db, batch.started, policy.margin)
                     if batch.sighted:
                         await work.sighted(db, batch.sighted)
+                    asked = time.perf_counter()
                     leases = await work.lease_many(
                         db, [(r.citizen_id, r.count) for r in batch.requests],
                         window=policy.window, cap=policy.cap, pause=policy.pause,
                         datasets=policy.datasets, server_id=self.server_id,
                     ) if batch.requests and leasing else [[] for _ in batch.requests]
+                    leased = time.perf_counter()
+                if batch.results:  # committed: only now do they count
+                    self.stats.results.observe(stored - began)
+                    self.stats.replicas.update(outcome.replicas)
+                if batch.requests and leasing:
+                    self.stats.leases.observe(leased - asked)
                 return outcome, leases
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == RETRIES:

@@ -275,7 +275,8 @@ class Server:
             await asyncio.sleep(self.options.reap_interval)
             try:
                 async with self.pool.connection() as db:
-                    lost = await work.reap(db, error="deadline passed without a result")
+                    lost = await work.reap(db, error="deadline passed without a result",
+                                           counts=self.scheduler.stats.replicas)
                     if loop.time() >= trim:
                         trim = loop.time() + TRIM_EVERY
                         await servers.trim(db)
@@ -418,7 +419,8 @@ class Server:
             # rather than at their deadline, charging no one. What it still computes, or has
             # results for (sent again right after the welcome), stays its own.
             await work.release(db, citizen_id=conn.citizen_id, keep=held, failure=False,
-                               error="lost with an earlier connection")
+                               error="lost with an earlier connection",
+                               counts=self.scheduler.stats.replicas)
             # Older connections of this citizen, on any server, release nothing when they end.
             conn.hello = await work.greeted(db, conn.citizen_id)
         conn.leased.update(held)
@@ -454,6 +456,7 @@ class Server:
                     lost = await work.release(
                         db, ids=sorted(conn.leased), citizen_id=conn.citizen_id,
                         hello=conn.hello, failure=not blameless, unstarted=False,
+                        counts=self.scheduler.stats.replicas,
                         error=("citizen stopped" if conn.said_bye else conn.why
                                if conn.refused else "citizen disconnected"))
                     if lost:
@@ -486,7 +489,8 @@ class Server:
             if assignments:
                 async with self.pool.connection() as db:
                     await work.release(db, ids=[a.replica_id for a in assignments],
-                                       failure=False, error="citizen left before receiving it")
+                                       failure=False, error="citizen left before receiving it",
+                                       counts=self.scheduler.stats.replicas)
             return
         frame, spilled = _fit(assignments, self.options.max_frame)
         if spilled:
@@ -529,11 +533,13 @@ class Server:
         async with self.pool.connection() as db:
             if alone is not None:
                 await work.release(db, ids=[alone.replica_id], error=(
-                    f"input too large to send: a duty may carry {p.MAX_INPUT} bytes"))
+                    f"input too large to send: a duty may carry {p.MAX_INPUT} bytes"),
+                    counts=self.scheduler.stats.replicas)
             rest = [a.replica_id for a in spilled if a is not alone]
             if rest:
                 await work.release(db, ids=rest, failure=False,
-                                   error="did not fit in one frame beside other duties")
+                                   error="did not fit in one frame beside other duties",
+                                   counts=self.scheduler.stats.replicas)
 
     async def _on_fetch_bundle(self, conn: Connection, message: p.FetchBundle) -> bool:
         found = await work.bundle_chunks(self.pool, message.sha256)

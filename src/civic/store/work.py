@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -160,7 +160,8 @@ async def lease_many(conn: AsyncConnection, requests: Sequence[tuple[str, int]],
 async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
                   overdue: bool = False, citizen_id: str | None = None,
                   keep: Sequence[int] | None = None, failure: bool = True,
-                  unstarted: bool = True, hello: int | None = None) -> int:
+                  unstarted: bool = True, hello: int | None = None,
+                  counts: MutableMapping[tuple[str, str], int] | None = None) -> int:
     """Give up leased replicas so others lease them again; returns how many.
 
     Which: those in ``ids`` (only the citizen's, when ``citizen_id`` is given; with ``hello``,
@@ -169,12 +170,16 @@ async def release(conn: AsyncConnection, *, error: str, ids: Sequence[int] = (),
     Each counts as a failure of its duty when ``failure`` (a citizen that vanished); one past
     its deadline, or any when not ``unstarted``, only if it had started (an unstarted one never
     ran the model: one leased ahead, or one that merely missed its start window).
+    ``counts`` (a server's figures) gets the replicas released, as (model name, 'expired').
     """
     row = await (await conn.execute(q("release_replicas"), {
         "ids": list(ids), "overdue": overdue, "citizen_id": citizen_id,
         "all_but": keep is not None, "keep": list(keep or ()), "failure": failure,
         "error": error, "hello": hello, "unstarted": unstarted})).fetchone()
     released = row[0] if row else 0
+    if counts is not None and released:
+        for model, n in (row[3] or {}).items():  # type: ignore[index]
+            counts[model, "expired"] = counts.get((model, "expired"), 0) + n
     if released:
         await announce_work(conn)
     return released
@@ -186,12 +191,13 @@ async def announce_work(conn: AsyncConnection) -> None:
     await conn.execute(q("announce_work"))
 
 
-async def reap(conn: AsyncConnection, *, error: str) -> int:
+async def reap(conn: AsyncConnection, *, error: str,
+               counts: MutableMapping[tuple[str, str], int] | None = None) -> int:
     """Release the replicas past their deadline, if this server is the elected reaper now (it
     holds the reaper's advisory lock for this transaction); 0 when another server is."""
     async with conn.transaction():
         (elected,) = await (await conn.execute(q("reaper_lock"))).fetchone()  # type: ignore[misc]
-        return await release(conn, overdue=True, error=error) if elected else 0
+        return await release(conn, overdue=True, error=error, counts=counts) if elected else 0
 
 
 async def refused(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, str]:

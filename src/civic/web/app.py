@@ -109,7 +109,7 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def make_app(url: str, server: Server | None = None, *, fresh: float = FRESH) -> web.Application:
     """The dashboard application on database ``url``; ``server`` adds its figures to /metrics."""
-    from civic.web import actions, auth, pages, results, views
+    from civic.web import actions, auth, metrics, pages, results, views
 
     app = web.Application(middlewares=[_headers, _errors, auth.middleware],
                           client_max_size=64 * 1024)
@@ -119,6 +119,7 @@ def make_app(url: str, server: Server | None = None, *, fresh: float = FRESH) ->
     results.add_routes(app)
     auth.add_routes(app)
     actions.add_routes(app)
+    metrics.add_routes(app)
     app.router.add_static("/static", render.STATIC, name="static", append_version=True)
     return app
 

@@ -335,7 +335,7 @@ SELECT substring(content FROM %(offset)s + 1 FOR %(length)s) FROM bundles WHERE 
 -- never wait on each other in a circle): only those leased to the citizen that submits for
 -- them, so that no one can make the server lock what is not theirs.
 SELECT r.id, r.citizen_id::text AS citizen_id, r.duty_id, r.state, r.charged,
-       u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance
+       u.state AS duty_state, (m.manifest->>'tolerance')::float8 AS tolerance, m.name AS model
 FROM unnest(%(ids)s::bigint[], %(citizen_ids)s::uuid[]) AS x(id, citizen_id)
 JOIN replicas r ON r.id = x.id AND r.citizen_id = x.citizen_id
 JOIN duties u ON u.id = r.duty_id
@@ -493,7 +493,12 @@ WITH lost AS (
     RETURNING u.id
 )
 SELECT coalesce(sum(n), 0)::int AS released, coalesce(sum(failed), 0)::int AS charged,
-       (SELECT count(*) FROM counted)::int AS duties
+       (SELECT count(*) FROM counted)::int AS duties,
+       -- released per model name, for the server's /metrics (each duty read by its key)
+       (SELECT json_object_agg(x.name, x.n) FROM (
+            SELECT m.name, sum(p.n)::int AS n FROM per_duty p
+            JOIN duties u ON u.id = p.duty_id JOIN models m ON m.id = u.model_id
+            GROUP BY m.name) x) AS models
 FROM per_duty;
 
 -- name: reaper_lock
