@@ -157,8 +157,7 @@ def log_in(page: Any, base: str, name: str, token: str) -> None:
     page.goto(base + "/login")
     page.fill("#name", name)
     page.fill("#token", token)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_load_state()
+    click(page, "Log in")
     assert page.get_by_role("button", name="Log out").count() == 1, page.content()[:2000]
 
 
@@ -242,7 +241,8 @@ def test_operator_pauses_resumes_and_retries_in_the_browser(cluster: Cluster, pa
     page.wait_for_function("() => { const c = document.querySelector('canvas[data-chart]');"
                            " return c && window.Chart && Chart.getChart(c); }", timeout=MS)
     shoot(page, "dashboard-results", doc=True)
-    shoot(page, "dashboard-overview-after")
+    page.goto(run.base + "/")
+    shoot(page, "dashboard-overview-finished")
 
 
 def test_screenshots_land_where_asked(tmp_path: Path, page: Any, shoot, monkeypatch) -> None:
