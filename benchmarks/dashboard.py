@@ -101,10 +101,16 @@ class DashboardBench(Bench):
             self.browsed.setdefault(self.key, []).append(browser.stop())
 
     def measure(self) -> None:
+        # A first run is slower than the next (caches, the first connections): not counted.
+        self.arm, self.key = "none", ("warm-up", "none")
+        figures = self.dispatch("after", 1, 32, self.sizes.p32)
+        self.log(f"warm-up (not counted): {figures['rate']:,.0f} duties/s")
+        arms = list(ARMS)
         for round_ in range(self.sizes.runs):
             for prefetch in PREFETCH:
                 duties = self.sizes.p1 if prefetch == 1 else self.sizes.p32
-                for arm in ARMS:
+                turn = round_ % len(arms)  # no arm always goes first
+                for arm in arms[turn:] + arms[:turn]:
                     self.arm, self.key = arm, (f"p{prefetch}", arm)
                     figures = self.dispatch("after", 1, prefetch, duties)
                     self.record_dispatch(self.key, figures)
@@ -141,8 +147,9 @@ def write(bench: DashboardBench, args: argparse.Namespace, seconds: float) -> st
         "reader (each load also asks for the page's scripts and stylesheet).",
         "",
         "The browser starts with the server and has loaded the page before the window "
-        "opens; it stops after the window. The arms take turns round by round "
-        f"({sizes.runs} round(s)), so a neighbour's load spreads over all of them. Server, "
+        "opens; it stops after the window. After one warm-up run (not counted), the arms take "
+        f"turns round by round ({sizes.runs} round(s)), each round starting with the next arm, "
+        "so a neighbour's load spreads over all of them. Server, "
         "PostgreSQL, the load generator **and the browser** share this machine's cores: the "
         "browser's own CPU (its column) is taken from what the server could use, which an "
         "operator's browser on another machine would not. Cells read `median (min–max)`; "
