@@ -157,14 +157,20 @@ def log_in(page: Any, base: str, name: str, token: str) -> None:
     page.goto(base + "/login")
     page.fill("#name", name)
     page.fill("#token", token)
-    click(page, "Log in")
+    click(page, "form:has(#token)", "Log in")
     assert page.get_by_role("button", name="Log out").count() == 1, page.content()[:2000]
 
 
-def click(page: Any, label: str) -> None:
-    """Click the one button so labelled and wait for the page the action redirects to."""
+def form(action: str) -> str:
+    """The selector of the form posting to ``action`` (a path of the contract)."""
+    return f'form[action="{action}"]'
+
+
+def click(page: Any, form_selector: str, label: str) -> None:
+    """Click the button so labelled in the form so selected, and wait for the page the form's
+    post redirects to."""
     with page.expect_navigation():
-        page.get_by_role("button", name=label, exact=True).click()
+        page.locator(form_selector).get_by_role("button", name=label, exact=True).click()
     page.wait_for_load_state()
 
 
@@ -177,17 +183,17 @@ def test_operator_pauses_resumes_and_retries_in_the_browser(cluster: Cluster, pa
     wait_until(lambda: run.done() >= 5, WAIT, "some duties done")
 
     # Read-only first: no buttons; then log in.
-    page.goto(f"{run.base}/datasets/{run.dataset}")
-    assert page.get_by_role("button", name="Pause", exact=True).count() == 0
+    assert page.goto(f"{run.base}/datasets/{run.dataset}").status == 200
+    assert page.locator(form(f"/datasets/{run.dataset}/pause")).count() == 0
     log_in(page, run.base, "lab", token)
 
     # Pause: from the moment it committed, no lease of the dataset starts.
     page.goto(f"{run.base}/datasets/{run.dataset}")
-    click(page, "Pause")
+    click(page, form(f"/datasets/{run.dataset}/pause"), "Pause")
     paused = run.now()  # the action answered (303 after its commit): the pause has committed
     assert cluster.sql("SELECT paused_at FROM datasets WHERE id = %s",
                        (run.dataset,))[0]["paused_at"] is not None
-    assert page.get_by_role("button", name="Resume", exact=True).count() == 1
+    assert page.locator(form(f"/datasets/{run.dataset}/resume")).count() == 1
     assert "paused" in page.locator("main").inner_text().lower()
     # The replicas out come back and count, and each citizen asks again at once: were the
     # pause ignored, a new lease would follow, and none may have started since the pause.
@@ -201,7 +207,7 @@ def test_operator_pauses_resumes_and_retries_in_the_browser(cluster: Cluster, pa
 
     # Resume: progress moves again, on the overview too.
     page.goto(f"{run.base}/datasets/{run.dataset}")
-    click(page, "Resume")
+    click(page, form(f"/datasets/{run.dataset}/resume"), "Resume")
     wait_until(lambda: run.leased_after(quiet) > 0, WAIT, "leases after the resume")
     page.goto(run.base + "/")
     wait_done_grows(page, held)
@@ -217,7 +223,7 @@ def test_operator_pauses_resumes_and_retries_in_the_browser(cluster: Cluster, pa
     assert "no square for this one" in page.locator("main").inner_text()  # its stderr tail
     run.mended.write_text("mended")
     before = run.now()  # the duty is failed: nothing leases it until the retry
-    click(page, "Retry")
+    click(page, form(f"/duties/{run.failing}/retry"), "Retry")
     assert cluster.sql("SELECT state::text AS s FROM duties WHERE id = %s",
                        (run.failing,))[0]["s"] in ("pending", "done")
     wait_until(lambda: cluster.sql("SELECT state::text AS s FROM duties WHERE id = %s",
