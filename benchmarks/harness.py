@@ -177,18 +177,22 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """`civic server run` of the tree at ``src`` in a subprocess, logging to ``log``."""
+    """`civic server run` of the tree at ``src`` in a subprocess, logging to ``log``; with
+    ``web``, the dashboard beside it (``--web 127.0.0.1:web_port``)."""
 
     src: Path
     url: str
     log: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    web: bool = False
+    web_port: int = field(default_factory=free_port)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(self.src)}
         command = [sys.executable, "-c", SERVER, "server", "run", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--database-url", self.url, "--grace", "1"]
+                   "--port", str(self.port), "--database-url", self.url, "--grace", "1",
+                   *(["--web", f"127.0.0.1:{self.web_port}"] if self.web else [])]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=out,
@@ -199,14 +203,15 @@ class ServerProcess:
                 raise RuntimeError(f"server exited {self.process.returncode}: "
                                    f"{self.log.read_text()[-2000:]}")
             # A listening server has an open TCP socket on the port: look, without connecting.
-            if self._listening():
+            if self._listening(self.port) and (not self.web or self._listening(self.web_port)):
                 return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not listen within {timeout}s: {self.log.read_text()[-2000:]}")
 
-    def _listening(self) -> bool:
-        wanted = f":{self.port:04X}"
+    @staticmethod
+    def _listening(port: int) -> bool:
+        wanted = f":{port:04X}"
         with contextlib.suppress(OSError):
             for line in open("/proc/net/tcp"):
                 parts = line.split()
@@ -217,6 +222,10 @@ class ServerProcess:
     @property
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", self.port
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
 
     @property
     def pid(self) -> int:
@@ -235,11 +244,12 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def servers(src: Path, url: str, logs: Path, count: int = 1) -> Iterator[list[ServerProcess]]:
+def servers(src: Path, url: str, logs: Path, count: int = 1, *,
+            web: bool = False) -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     try:
         for i in range(count):
-            started.append(ServerProcess(src, url, logs / f"server-{i}.log").start())
+            started.append(ServerProcess(src, url, logs / f"server-{i}.log", web=web).start())
         yield started
     finally:
         for server in started:

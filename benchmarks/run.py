@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Cluster, cpu_seconds, rss_bytes, servers  # noqa: E402
+from harness import Cluster, ServerProcess, cpu_seconds, rss_bytes, servers  # noqa: E402
 from loadgen import LoadError, Probe, drive, identities  # noqa: E402
 from report import write  # noqa: E402
 
@@ -99,6 +99,7 @@ class Bench:
         self.notes: dict[str, list[str]] = defaultdict(list)
         self.batches: dict[str, bool] = {}
         self._runs = 0
+        self.web = False  # dispatch servers with the dashboard beside them (dashboard.py)
         for replication in (1, 2):
             self._model(f"bench-r{replication}", CP_MODEL.format(name=f"bench-r{replication}",
                                                                  replication=replication))
@@ -160,6 +161,11 @@ class Bench:
 
     # --- one dispatch run (P1, P3, P6) ------------------------------------------------------
 
+    def beside(self, procs: list[ServerProcess]) -> contextlib.AbstractContextManager[object]:
+        """What runs beside the servers of a dispatch run, from before its window to after it:
+        nothing here; a browser on the dashboard in benchmarks/dashboard.py."""
+        return contextlib.nullcontext()
+
     def dispatch(self, variant: str, replication: int, prefetch: int, duties: int, *,
                  servers_count: int = 1, dataset: bool = True) -> dict[str, float | None]:
         """Serve ``duties`` (a dataset of their own, else the queue in the tables) to the load
@@ -169,7 +175,8 @@ class Bench:
         logs = self.root / "logs" / f"run-{self._runs}-{variant}"
         snap: dict[str, object] = {"x0": self.cluster.transactions()}
         try:
-            with servers(self.variants[variant], self.url, logs, servers_count) as procs:
+            with servers(self.variants[variant], self.url, logs, servers_count,
+                         web=self.web) as procs, self.beside(procs):
                 pids = [s.pid for s in procs]
 
                 def cpu() -> tuple[float, float, float]:
