@@ -1,9 +1,10 @@
 """The dashboard in a real browser during a real run: `civic server run --web` with its citizens
 as processes, a model slow enough to watch, and Debian's Chromium reading the pages.
 
-Part A (the overview) works on the dashboard's skeleton. Part B (operator login, pause and
-resume, retry, citizens, the results chart) is written against /work/notes/web-contract.md —
-the URLs, form fields and button labels every page follows — and waits for those pages.
+Part A watches the overview refresh itself as progress moves. Part B is an operator: logs in,
+pauses a dataset (no lease after the pause), resumes it, retries a failed duty from the
+failures page; a citizen named ``<script>`` shows as text; the results page draws its chart.
+``CIVIC_SCREENSHOTS=docs/images`` also writes the screenshots the docs show.
 """
 
 from __future__ import annotations
@@ -137,11 +138,8 @@ def test_overview_shows_progress_move_without_reloading(cluster: Cluster, page: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Part B: written against /work/notes/web-contract.md, UNVERIFIED here: it needs the login and
-# actions (/login, /datasets/{id}/pause|resume, /duties/{id}/retry), the dataset, duty, failures
-# and citizens pages, the results page and `civic operator add NAME` printing a token. The
-# xfail below is strict: once those are merged this test passes, XPASS fails the run, and the
-# mark must go (the lead's step after merging).
+# Part B: an operator logs in, pauses and resumes a dataset, retries a failed duty; names a
+# citizen chose show as text; the results page draws its chart.
 # ---------------------------------------------------------------------------------------------
 
 def operator_token(cluster: Cluster, name: str) -> str:
@@ -174,8 +172,6 @@ def click(page: Any, form_selector: str, label: str) -> None:
     page.wait_for_load_state()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the pages, login and actions of issue 10's other "
-                                       "parts (web-contract.md); remove this mark after merging")
 def test_operator_pauses_resumes_and_retries_in_the_browser(cluster: Cluster, page: Any,
                                                             shoot) -> None:
     run = Run(cluster)
