@@ -58,13 +58,13 @@ class Dashboard:
         async with self._readers:
             return await asyncio.to_thread(fn, self.url, *args)
 
-    async def shared(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def shared(self, fn: Callable[..., Any], *args: Any, keep: float | None = None) -> Any:
         """``read(fn, *args)``, answered from the last read of the same call when it is less than
-        ``fresh`` seconds old (or still running)."""
+        ``keep`` seconds old (default ``fresh``), or still running."""
         key = (fn, *args)
         now = time.monotonic()
         hit = self._shared.get(key)
-        if hit is None or now - hit.at > self.fresh or (
+        if hit is None or now - hit.at > (self.fresh if keep is None else keep) or (
                 hit.task.done() and hit.task.exception() is not None):
             if len(self._shared) > 1000:  # many distinct pages over time must not grow it
                 self._shared.clear()

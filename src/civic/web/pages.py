@@ -3,8 +3,6 @@ servers, citizens and volunteers, and the errors of the last day."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +17,6 @@ routes = web.RouteTableDef()
 # hourly counts change slowly, and a week of a busy project is ~0.5 s of database work
 # (benchmark: 10^6 duties, 600,000 finished in the week).
 LONG = 15
-_kept: dict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = {}
 
 
 @routes.get("/", name="overview")
@@ -37,14 +34,8 @@ async def overview(request: web.Request) -> web.Response:
 async def _history(board: Dashboard, span: str) -> dict[str, Any]:
     if span not in history.SPANS:
         raise UsageError(f"span must be one of {', '.join(history.SPANS)}, not {span!r}")
-    if span == "hour" or not board.fresh:
-        return await board.shared(history.throughput, span)
-    key, now = (board.url, span), time.monotonic()
-    hit = _kept.get(key)
-    if hit is None or now - hit[0] > board.fresh * LONG or (
-            hit[1].done() and hit[1].exception() is not None):
-        hit = _kept[key] = (now, asyncio.ensure_future(board.read(history.throughput, span)))
-    return await asyncio.shield(hit[1])
+    keep = board.fresh * (1 if span == "hour" else LONG)
+    return await board.shared(history.throughput, span, keep=keep)
 
 
 def add_routes(app: web.Application) -> None:
