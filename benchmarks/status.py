@@ -183,8 +183,8 @@ def queries(url: str) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         ("status", "monitor_now", {}),
         ("status", "monitor_models", {}),
-        ("status", "monitor_datasets", {}),
-        ("status", "monitor_finished", {}),
+        ("status", "monitor_datasets", {"id": None}),
+        ("status", "monitor_finished", {"id": None}),
         ("status", "monitor_oldest_waiting", {"ids": ids}),
         ("status", "dataset_needs", {"dataset_id": running}),
         ("status", "connected_fit", fit),

@@ -48,13 +48,15 @@ def status(url: str) -> dict[str, Any]:
         # One snapshot for the whole page, so that its figures add up.
         conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
         now = conn.execute(q("monitor_now")).fetchone()["now"]
-        datasets = conn.execute(q("monitor_datasets")).fetchall()
-        finished = {r["dataset_id"]: r for r in conn.execute(q("monitor_finished")).fetchall()}
+        every = {"id": None}
+        datasets = conn.execute(q("monitor_datasets"), every).fetchall()
+        finished = {r["dataset_id"]: r
+                    for r in conn.execute(q("monitor_finished"), every).fetchall()}
         waiting_ids = [d["id"] for d in datasets if d["pending"]]
         oldest = {r["dataset_id"]: r for r in conn.execute(
             q("monitor_oldest_waiting"), {"ids": waiting_ids}).fetchall()} if waiting_ids else {}
         for d in datasets:
-            _progress(d, finished.get(d["id"]), oldest.get(d["id"]))
+            add_progress(d, finished.get(d["id"]), oldest.get(d["id"]))
             # A paused or cancelled dataset waits for the operator, as its flags say.
             d["waiting"] = ([asdict(w) for w in catalog.waiting_on(conn, d["id"])]
                             if d["pending"] and not (d["paused"] or d["cancelled_at"]) else [])
@@ -77,7 +79,7 @@ def status(url: str) -> dict[str, Any]:
                   "error_hours": ERROR_HOURS})
 
 
-def _progress(d: dict[str, Any], finished: dict[str, Any] | None,
+def add_progress(d: dict[str, Any], finished: dict[str, Any] | None,
               oldest: dict[str, Any] | None) -> None:
     """Add a dataset's recent throughput, rate, time left and oldest waiting duty."""
     d["paused"] = d["paused_at"] is not None or d["model_paused_at"] is not None

@@ -43,14 +43,14 @@ def dataset(url: str, dataset_id: int) -> dict[str, Any]:
     """
     with connect(url, row_factory=dict_row) as conn:
         conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
-        d = conn.execute(q("web_dataset"), {"id": dataset_id}).fetchone()
+        d = conn.execute(q("monitor_datasets"), {"id": dataset_id}).fetchone()
         if d is None:
             raise NotFound(f"no dataset {dataset_id}")
         d["at"] = conn.execute(q("monitor_now")).fetchone()["now"]
-        finished = conn.execute(q("web_dataset_finished"), {"id": dataset_id}).fetchone()
+        finished = conn.execute(q("monitor_finished"), {"id": dataset_id}).fetchone()
         oldest = (conn.execute(q("monitor_oldest_waiting"), {"ids": [dataset_id]}).fetchone()
                   if d["pending"] else None)
-        monitor._progress(d, finished, oldest)  # the status page's figures, for one dataset
+        monitor.add_progress(d, finished, oldest)  # the status page's figures, for one dataset
         d["waiting"] = ([asdict(w) for w in catalog.waiting_on(conn, dataset_id)]
                         if d["pending"] and not (d["paused"] or d["cancelled_at"]) else [])
         d["out"] = conn.execute(q("web_dataset_out"), {"id": dataset_id}).fetchone()["out"]

@@ -12,7 +12,8 @@ FROM models m
 ORDER BY m.name, m.version;
 
 -- name: monitor_datasets
--- Every dataset with its duties by state (read from duties_by_dataset alone) and its flags.
+-- Every dataset (or the one %(id)s names) with its duties by state (read from
+-- duties_by_dataset alone) and its flags.
 SELECT d.id, m.id AS model_id, m.name AS model, m.version AS model_version, d.source, d.format,
        d.records, d.duties, d.records_per_duty, d.replication, d.quorum, d.max_replicas,
        d.max_attempts, d.distinct_by, d.created_at, d.paused_at, d.cancelled_at,
@@ -30,12 +31,13 @@ LEFT JOIN LATERAL (
            count(*) FILTER (WHERE u.state = 'cancelled') AS cancelled
     FROM duties u WHERE u.dataset_id = d.id
 ) s ON true
+WHERE %(id)s::bigint IS NULL OR d.id = %(id)s
 ORDER BY d.id;
 
 -- name: monitor_finished
--- Duties finished within the last hour, per dataset (read from duties_finished alone): done
--- in the last minute and hour, finished in any way but cancelled, and since when (the span
--- the rate is measured over).
+-- Duties finished within the last hour, per dataset (or of the one %(id)s names; read from
+-- duties_finished alone): done in the last minute and hour, finished in any way but
+-- cancelled, and since when (the span the rate is measured over).
 SELECT u.dataset_id,
        count(*) FILTER (WHERE u.state = 'done'
                           AND u.finished_at > now() - interval '1 minute') AS done_last_minute,
@@ -45,7 +47,7 @@ SELECT u.dataset_id,
        extract(epoch FROM now() - min(u.finished_at))::float8 AS span
 FROM duties u
 WHERE u.finished_at IS NOT NULL AND u.finished_at > now() - interval '1 hour'
-  AND u.state <> 'cancelled'
+  AND u.state <> 'cancelled' AND (%(id)s::bigint IS NULL OR u.dataset_id = %(id)s)
 GROUP BY u.dataset_id;
 
 -- name: monitor_oldest_waiting
