@@ -40,9 +40,11 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
-    """Playwright's driver (bundled in its wheel: nothing is downloaded)."""
+    """Playwright's driver (bundled in its wheel: nothing is downloaded). Module-scoped: while
+    the sync API is open, an event loop counts as running in this thread, so every later test's
+    asyncio.run() would fail."""
     if not chromium.available():
         _unavailable(f"no browser at {chromium.EXECUTABLE} (apt-get install chromium)")
     try:
