@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from dbkit import execute, fetch
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
@@ -98,16 +99,6 @@ def empty_database_url(postgres_url: str) -> Iterator[str]:
         yield url
     finally:
         _drop(postgres_url, name)
-
-
-def fetch(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def execute(url: str, query: str, params: Any = None) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(query, params)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,23 +8,13 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
+from dbkit import execute, fetch
 from webkit import Client, dashboard
 
 from civic.store import catalog, operators
 
 JSON = {"Accept": "application/json"}
-
-
-def fetch(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def execute(url: str, query: str, params: Any = None) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(query, params)
 
 
 @pytest.fixture

@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from typing import Any
 
-import psycopg
 import pytest
+from dbkit import execute, fetch
 from webkit import Client, Reply, dashboard
 
 from civic.store import catalog, operators
 
 ALICE = "alice"
-
-
-def fetch(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def execute(url: str, query: str, params: Any = None) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(query, params)
 
 
 @pytest.fixture
